@@ -1,0 +1,254 @@
+"""The ``mofs`` command: mount, umount, stat.
+
+Every failure the user can cause ends in one line on stderr and a documented exit code
+(docs/cli.md); tracebacks go to the daemon's log, never to the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+
+from .errors import UserError
+
+EXIT_USAGE = 2
+EXIT_MOUNTPOINT = 4
+EXIT_WRITEBACK = 5
+CONTROL_STAT = "user.mofs.stat"
+CONTROL_SYNC = "user.mofs.sync"
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``16M``, ``256MiB``, ``1g``, ``65536`` -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kmgtKMGT]?)(?:i?[bB])?\s*", text)
+    if not m or int(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 256M or 1G")
+    return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mofs", description="A FUSE file system whose contents are served by memory-object "
+        "pagers speaking the Mach external-pager protocol.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    m = sub.add_parser("mount", help="mount a store (created if missing)",
+                       description="Mount STORE on MOUNTPOINT. Creates the store if it does not "
+                       "exist. Returns once the mount is up unless --foreground is given.")
+    m.add_argument("store", metavar="STORE", help="the store file (SQLite)")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
+    m.add_argument("--pager", metavar="URL", default=None,
+                   help="pager serving file contents: sqlite: (default, the store itself), "
+                   "sqlite:PATH, memory: (anonymous memory)")
+    m.add_argument("--cache-size", metavar="SIZE", type=parse_size, default=256 << 20,
+                   help="memory budget for cached pages (default 256M)")
+    m.add_argument("--page-size", metavar="SIZE", type=parse_size, default=64 << 10,
+                   help="protocol page size for a new store (power of two, default 64K)")
+    m.add_argument("--pager-timeout", metavar="SECONDS", type=float, default=30.0,
+                   help="fail an operation with EIO when the pager does not answer in time")
+    m.add_argument("--foreground", action="store_true", help="do not detach; log to stderr")
+    m.add_argument("--trace", metavar="FILE", help="append one JSON line per protocol message")
+    m.add_argument("--log", metavar="FILE",
+                   help="daemon log when detached (default: STORE.log)")
+    m.add_argument("--debug", action="store_true", help="log debug messages")
+    m.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+
+    u = sub.add_parser("umount", help="write back every dirty page, then unmount",
+                       description="Return and synchronize every dirty page, unmount, and wait "
+                       "for the daemon to exit.")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("--timeout", metavar="SECONDS", type=float, default=120.0,
+                   help="how long to wait for the daemon to exit (default 120)")
+
+    s = sub.add_parser("stat", help="show cache and protocol statistics of a mount",
+                       description="Objects, resident/dirty/precious bytes, the budget and the "
+                       "count of each protocol message.")
+    s.add_argument("mountpoint", metavar="MOUNTPOINT")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mofs`` script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return _mount(args)
+        if args.command == "umount":
+            return _umount(args)
+        return _stat(args)
+    except UserError as exc:
+        print(f"mofs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- mount ------------------------------------------------------------------------------
+
+
+def _mount(args: argparse.Namespace) -> int:
+    if not args.foreground:
+        return _mount_detached(args)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .mount import MountConfig, serve  # imports pyfuse3: only for the daemon
+
+    config = MountConfig(store=args.store, mountpoint=args.mountpoint, pager_url=args.pager,
+                         cache_size=args.cache_size, page_size=args.page_size,
+                         timeout=args.pager_timeout, trace=args.trace)
+
+    def ready(message: str) -> None:
+        print(f"mofs: {message}", flush=True)
+        if args.ready_fd is not None:
+            os.write(args.ready_fd, f"ok {message}\n".encode())
+            os.close(args.ready_fd)
+
+    try:
+        serve(config, ready)
+    except UserError as exc:
+        if args.ready_fd is not None:
+            os.write(args.ready_fd, f"error {exc.exit_code} {exc}\n".encode())
+        raise
+    except Exception as exc:
+        logging.getLogger("mofs").exception("daemon failed")
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        if args.ready_fd is not None:
+            os.write(args.ready_fd, f"error 1 {message}\n".encode())
+        raise UserError(message) from None
+    return 0
+
+
+def _mount_detached(args: argparse.Namespace) -> int:
+    """Start the daemon in its own session and wait until it reports the mount up or not."""
+    log_path = args.log or os.path.abspath(args.store) + ".log"
+    argv = _mount_argv(args)
+    read_fd, write_fd = os.pipe()
+    try:
+        log_file = open(log_path, "ab")  # noqa: SIM115
+    except OSError as exc:
+        raise UserError(f"cannot open log file {log_path}: {exc.strerror}") from None
+    with log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mofs", *argv, "--foreground", "--ready-fd", str(write_fd)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            pass_fds=(write_fd,), start_new_session=True,
+        )
+    os.close(write_fd)
+    answer = b""
+    deadline = time.monotonic() + 60
+    while b"\n" not in answer and time.monotonic() < deadline:
+        ready, _, _ = select.select([read_fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(read_fd, 4096)
+            if not chunk:
+                break
+            answer += chunk
+    os.close(read_fd)
+    line = answer.decode(errors="replace").strip()
+    if line.startswith("ok "):
+        print(f"mofs: {line[3:]} (daemon pid {proc.pid}, log {log_path})")
+        return 0
+    if line.startswith("error "):
+        _, code, message = line.split(" ", 2)
+        raise UserError(message, int(code))
+    if proc.poll() is None:
+        proc.kill()
+    raise UserError(f"the daemon did not start; see {log_path}")
+
+
+def _mount_argv(args: argparse.Namespace) -> list[str]:
+    argv = ["mount", args.store, args.mountpoint, "--cache-size", str(args.cache_size),
+            "--page-size", str(args.page_size), "--pager-timeout", str(args.pager_timeout)]
+    if args.pager:
+        argv += ["--pager", args.pager]
+    if args.trace:
+        argv += ["--trace", os.path.abspath(args.trace)]
+    if args.debug:
+        argv.append("--debug")
+    return argv
+
+
+# --- umount and stat ----------------------------------------------------------------------
+
+
+def _mofs_mount(path: str) -> str:
+    real = os.path.realpath(path)
+    with open("/proc/mounts", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[1] == real and fields[2] == "fuse.mofs":
+                return real
+    raise UserError(f"{path} is not a mounted mofs file system", EXIT_MOUNTPOINT)
+
+
+def _read_stat(mnt: str) -> dict[str, object]:
+    try:
+        return json.loads(os.getxattr(mnt, CONTROL_STAT))
+    except OSError as exc:
+        raise UserError(f"cannot reach the daemon of {mnt}: {exc.strerror}", EXIT_MOUNTPOINT) \
+            from None
+
+
+def _umount(args: argparse.Namespace) -> int:
+    mnt = _mofs_mount(args.mountpoint)
+    try:
+        pid = int(_read_stat(mnt)["pid"])  # type: ignore[call-overload]
+    except UserError:
+        # The daemon is gone; all we can do is remove the dead mount.
+        subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+        raise UserError(f"the daemon of {mnt} is not running; removed the dead mount",
+                        EXIT_MOUNTPOINT) from None
+    try:
+        os.setxattr(mnt, CONTROL_SYNC, b"1")
+    except OSError as exc:
+        raise UserError(f"could not write back {mnt} ({exc.strerror}); still mounted, "
+                        "dirty data kept", EXIT_WRITEBACK) from None
+    done = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
+        raise UserError(f"cannot unmount {mnt}: {why}", EXIT_MOUNTPOINT)
+    deadline = time.monotonic() + args.timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise UserError(f"unmounted {mnt}, but daemon {pid} is still writing back")
+        time.sleep(0.05)
+    print(f"mofs: unmounted {mnt}")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def _stat(args: argparse.Namespace) -> int:
+    mnt = _mofs_mount(args.mountpoint)
+    stats = _read_stat(mnt)
+    if args.json:
+        print(json.dumps(stats))
+        return 0
+    mib = 1 << 20
+    print(f"mount          {mnt} (store {stats['store']}, pager {stats['pager']}, "
+          f"pid {stats['pid']})")
+    print(f"objects        {stats['objects']}")
+    for key in ("resident_bytes", "dirty_bytes", "precious_bytes", "budget_bytes"):
+        print(f"{key.replace('_bytes', ''):<14} {int(stats[key]) / mib:.1f} MiB")  # type: ignore[call-overload]
+    if stats.get("pager_failure"):
+        print(f"pager failed   {stats['pager_failure']}")
+    print("messages")
+    for name, count in stats["messages"].items():  # type: ignore[union-attr]
+        print(f"  {name:<22} {count}")
+    return 0

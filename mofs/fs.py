@@ -1,0 +1,411 @@
+"""The FUSE edge: pyfuse3 ``Operations`` that map inodes to memory objects.
+
+Metadata (names, sizes, modes, owners, times, links, xattrs) lives in the store's
+SQLite tables (:mod:`mofs.namespace`); file *contents* only ever move through the cache
+and the protocol (:mod:`mofs.kernel`). The object id of a file is its inode number. This
+is the only module that raises ``FUSEError``: lower layers raise their own exceptions and
+:func:`_fuse_errors` turns them into errnos here, as S3QL's ``fs.py`` does.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import json
+import logging
+import os
+import stat
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from .errors import PageError, PagerFailed
+from .kernel import Kernel
+from .messages import VM_SYNC_SYNCHRONOUS, ObjectId
+from .namespace import Inode, Namespace
+from .trace import Trace
+
+log = logging.getLogger(__name__)
+
+ATTR_TIMEOUT = 1.0
+NAME_MAX = 255
+CONTROL_PREFIX = b"user.mofs."  # reserved xattr names on the root: the control interface
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _fuse_errors(func: F) -> F:
+    """Turn the exceptions of lower layers into the errno the caller should see."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await func(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except PageError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except PagerFailed as exc:
+            log.warning("%s: %s", func.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+
+
+class Operations(pyfuse3.Operations):
+    """File-system requests in, namespace updates and cache calls out."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, ns: Namespace, kernel: Kernel, trace: Trace | None = None) -> None:
+        super().__init__()
+        self.ns = ns
+        self.kernel = kernel
+        self.trace = trace
+        self.lookups: Counter[int] = Counter()
+        self.opens: Counter[int] = Counter()
+        self.handles: dict[int, int] = {}
+        self._fh = itertools.count(1)
+        self.pid = os.getpid()
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = pyfuse3.InodeT(inode.ino)
+        a.generation = 0
+        a.entry_timeout = ATTR_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = pyfuse3.ModeT(inode.mode)
+        a.st_nlink = inode.nlink
+        a.st_uid = inode.uid
+        a.st_gid = inode.gid
+        a.st_rdev = inode.rdev
+        a.st_size = inode.size
+        a.st_blksize = self.ns.page_size
+        a.st_blocks = -(-inode.size // 512)
+        a.st_atime_ns = inode.atime_ns
+        a.st_mtime_ns = inode.mtime_ns
+        a.st_ctime_ns = inode.ctime_ns
+        return a
+
+    def _dir(self, ino: int) -> Inode:
+        inode = self.ns.get(ino)
+        if not stat.S_ISDIR(inode.mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    def _new(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
+             rdev: int = 0, target: bytes | None = None) -> Inode:
+        _check_name(name)
+        self._dir(parent)
+        if self.ns.lookup(parent, name) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        inode = self.ns.make_inode(mode, ctx.uid, ctx.gid, rdev=rdev, target=target)
+        self.ns.link(parent, name, inode.ino)
+        self.lookups[inode.ino] += 1
+        return self.ns.get(inode.ino)
+
+    def _object(self, ino: int) -> ObjectId:
+        """The memory object of a regular file, started if the cache does not hold it."""
+        obj_id = ObjectId(ino)
+        if obj_id not in self.kernel.objects:
+            self.kernel.open(obj_id, self.ns.get(ino).size)
+        return obj_id
+
+    def _maybe_delete(self, ino: int) -> None:
+        """Free an inode once no name, no open file and no kernel reference is left."""
+        try:
+            inode = self.ns.get(ino)
+        except KeyError:
+            return
+        if inode.nlink > 0 or self.opens[ino] > 0 or self.lookups[ino] > 0:
+            return
+        if stat.S_ISREG(inode.mode):
+            obj_id = self._object(ino)
+            self.kernel.set_size(obj_id, 0)  # the pager drops the contents
+            self.kernel.terminate(obj_id)
+        self.ns.delete_inode(ino)
+        self.lookups.pop(ino, None)
+        self.opens.pop(ino, None)
+
+    def forget_orphan(self, ino: int) -> None:
+        """Free an inode that lost its last name while open when the daemon died."""
+        self._maybe_delete(ino)
+
+    def _note(self, op: str, ino: int, phase: str) -> None:
+        if self.trace is not None:
+            self.trace.event(op, object=ino, phase=phase)
+
+    # --- names ---------------------------------------------------------------------------
+
+    @_fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> Any:
+        _check_name(name)
+        self._dir(parent_inode)
+        if name == b".":
+            ino: int | None = parent_inode
+        else:
+            ino = self.ns.lookup(parent_inode, name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self.lookups[ino] += 1
+        return self._attrs(self.ns.get(ino))
+
+    @_fuse_errors
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            self.lookups[ino] -= n
+            if self.lookups[ino] <= 0:
+                del self.lookups[ino]
+                self._maybe_delete(ino)
+
+    @_fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> Any:
+        return self._attrs(self.ns.get(inode))
+
+    @_fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> Any:
+        now = time.time_ns()
+        changes: dict[str, int] = {}
+        current = self.ns.get(inode)
+        if fields.update_size:
+            if stat.S_ISDIR(current.mode):
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            self.kernel.set_size(self._object(inode), attr.st_size)
+            changes.update(size=attr.st_size, mtime_ns=now)
+        if fields.update_mode:
+            changes["mode"] = stat.S_IFMT(current.mode) | stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime_ns"] = attr.st_mtime_ns
+        changes["ctime_ns"] = attr.st_ctime_ns if fields.update_ctime else now
+        return self._attrs(self.ns.set_attrs(inode, **changes))
+
+    @_fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.ns.readlink(inode)
+
+    @_fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> Any:
+        return self._attrs(self._new(parent_inode, name, mode, ctx, rdev=rdev))
+
+    @_fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> Any:
+        return self._attrs(self._new(parent_inode, name, stat.S_IFDIR | mode, ctx))
+
+    @_fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> Any:
+        return self._attrs(self._new(parent_inode, name, stat.S_IFLNK | 0o777, ctx,
+                                     target=target))
+
+    @_fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> Any:
+        _check_name(new_name)
+        self._dir(new_parent_inode)
+        if stat.S_ISDIR(self.ns.get(inode).mode):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        self.ns.link(new_parent_inode, new_name, inode)
+        self.lookups[inode] += 1
+        return self._attrs(self.ns.get(inode))
+
+    @_fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        ino = self.ns.lookup(parent_inode, name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if stat.S_ISDIR(self.ns.get(ino).mode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        self.ns.unlink(parent_inode, name)
+        self._maybe_delete(ino)
+
+    @_fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        ino = self.ns.lookup(parent_inode, name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self._dir(ino)
+        self.ns.unlink(parent_inode, name)
+        self._maybe_delete(ino)
+
+    @_fuse_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        _check_name(name_new)
+        replaced = self.ns.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags)
+        if replaced is not None:
+            self._maybe_delete(replaced.ino)
+
+    # --- directories ---------------------------------------------------------------------
+
+    @_fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        self._dir(inode)
+        return inode
+
+    @_fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for name, ino, position in self.ns.entries(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, self._attrs(self.ns.get(ino)), position):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        pass
+
+    @_fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        disk = os.statvfs(os.path.dirname(os.path.abspath(self.ns.path)))
+        inodes, _ = self.ns.counts()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = disk.f_frsize
+        s.f_blocks = disk.f_blocks
+        s.f_bfree = disk.f_bfree
+        s.f_bavail = disk.f_bavail
+        s.f_files = inodes + disk.f_ffree
+        s.f_ffree = s.f_favail = disk.f_ffree
+        s.f_namemax = NAME_MAX
+        return s
+
+    # --- files ---------------------------------------------------------------------------
+
+    def _open_handle(self, ino: int) -> pyfuse3.FileInfo:
+        self._object(ino)
+        fh = next(self._fh)
+        self.handles[fh] = ino
+        self.opens[ino] += 1
+        # keep_cache: the Linux page cache stays valid across opens; pagers invalidate it
+        # with lock_request, which reaches it through invalidate_inode.
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
+
+    @_fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> Any:
+        mode = self.ns.get(inode).mode
+        if stat.S_ISDIR(mode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return self._open_handle(inode)
+
+    @_fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> Any:
+        inode = self._new(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
+        return self._open_handle(inode.ino), self._attrs(inode)
+
+    @_fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.kernel.read(ObjectId(self.handles[fh]), off, size)
+
+    @_fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        ino = self.handles[fh]
+        old = self.kernel.objects[ObjectId(ino)].size
+        size = await self.kernel.write(ObjectId(ino), off, buf)
+        now = time.time_ns()
+        if size != old:
+            self.ns.set_attrs(ino, size=size, mtime_ns=now, ctime_ns=now)
+        else:
+            self.ns.set_attrs(ino, mtime_ns=now, ctime_ns=now)
+        return len(buf)
+
+    @_fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        ino = self.handles[fh]
+        self._note("fsync", ino, "call")
+        obj = self.kernel.objects[ObjectId(ino)]
+        await self.kernel.sync(obj.id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
+        self.ns.commit(durable=True)
+        self._note("fsync", ino, "return")
+
+    async def flush(self, fh: int) -> None:
+        pass
+
+    @_fuse_errors
+    async def release(self, fh: int) -> None:
+        ino = self.handles.pop(fh)
+        self.opens[ino] -= 1
+        if self.opens[ino] <= 0:
+            del self.opens[ino]
+            obj = self.kernel.objects.get(ObjectId(ino))
+            if obj is not None and not obj.may_cache:
+                self.kernel.terminate(obj.id)
+            self._maybe_delete(ino)
+
+    # --- extended attributes (and the control interface on the root) ----------------------
+
+    @_fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if inode == pyfuse3.ROOT_INODE and name == CONTROL_PREFIX + b"stat":
+            stats = self.kernel.statistics()
+            stats["pid"] = self.pid
+            stats["store"] = os.path.abspath(self.ns.path)
+            return json.dumps(stats).encode()
+        try:
+            return self.ns.getxattr(inode, name)
+        except KeyError:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+
+    @_fuse_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        if inode == pyfuse3.ROOT_INODE and name == CONTROL_PREFIX + b"sync":
+            await self.sync_all()
+            return
+        self.ns.get(inode)
+        self.ns.setxattr(inode, name, value)
+        self.ns.set_attrs(inode, ctime_ns=time.time_ns())
+
+    @_fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        self.ns.get(inode)
+        return self.ns.listxattr(inode)
+
+    @_fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        try:
+            self.ns.removexattr(inode, name)
+        except KeyError:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+        self.ns.set_attrs(inode, ctime_ns=time.time_ns())
+
+    # --- whole-mount operations ----------------------------------------------------------
+
+    async def sync_all(self) -> None:
+        """Write back every dirty page and make it and the metadata durable (``mofs umount``)."""
+        for obj in list(self.kernel.objects.values()):
+            if obj.id in self.kernel.objects:
+                await self.kernel.sync(obj.id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
+        self.ns.commit(durable=True)
+
+    def invalidate(self, obj_id: ObjectId, offset: int, length: int) -> None:
+        """Drop a range the pager flushed from the Linux page cache, off the trio thread.
+
+        ``invalidate_inode`` may block (pyfuse3 warns so), so it never runs inside the
+        FUSE request that caused it nor on the trio thread."""
+        trio.lowlevel.spawn_system_task(
+            trio.to_thread.run_sync, pyfuse3.invalidate_inode, pyfuse3.InodeT(obj_id), False
+        )

@@ -1,0 +1,317 @@
+"""The trio edge of the cache: carries messages to pagers and back, and parks callers.
+
+This module is the only place where the pure core (``memory_object``, ``cache``) meets
+time and concurrency. A file-system call asks a :class:`~mofs.memory_object.MemoryObject`
+for a page; if the core hands back a wait key, the call parks on a ``trio.Event`` for that
+key until the pager's answer wakes it, or until the pager timeout fails it with
+:class:`~mofs.errors.PagerFailed` (EIO at the FUSE edge; never a hang).
+
+Checkpoints (see docs/internals.md): state changes only inside the core's synchronous
+methods, so the only places where other tasks can interleave are the ``await``s here:
+``_park`` (waiting for a pager answer), ``_backpressure`` (waiting for the pager to read
+queued page data) and the pager's own tasks.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from .cache import Cache
+from .channel import Channel
+from .errors import PageError, PagerFailed, RemoteProtocolError
+from .memory_object import Key, MemoryObject, ObjectState, Outbox
+from .messages import (
+    VM_PROT_READ,
+    VM_SYNC_SYNCHRONOUS,
+    Message,
+    ObjectId,
+)
+
+log = logging.getLogger(__name__)
+
+Tracer = Callable[[str, int, Message], None]
+Invalidator = Callable[[ObjectId, int, int], None]
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+    error: int = 0
+
+
+class PagerConnection:
+    """One pager and the two ordered channels that connect the kernel to it."""
+
+    def __init__(self, name: str, pager: object, count: Tracer) -> None:
+        self.name = name
+        self.pager = pager
+        self.inbox = Channel(trace=lambda seqno, msg: count("to_pager", seqno, msg))
+        self.outbox = Channel(trace=lambda seqno, msg: count("to_kernel", seqno, msg))
+        self.failure: str | None = None
+
+
+class Kernel:
+    """The VM cache of one mount: memory objects, their pager, waits and the budget."""
+
+    def __init__(
+        self,
+        pager: object,
+        *,
+        pager_name: str = "pager",
+        page_size: int = 65536,
+        budget: int = 256 << 20,
+        timeout: float = 30.0,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self.page_size = page_size
+        self.timeout = timeout
+        self.cache = Cache(budget)
+        self.out = Outbox()
+        self.objects: dict[ObjectId, MemoryObject] = {}
+        self.messages: Counter[str] = Counter()
+        self._tracer = tracer
+        self._waiters: dict[Key, _Waiter] = {}
+        self.conn = PagerConnection(pager_name, pager, self._count)
+        self.invalidator: Invalidator | None = None
+        # Page data queued for the pager beyond this makes writers wait for it to catch up.
+        self.max_queued = max(page_size, min(budget // 2, 64 << 20))
+        self._nursery: trio.Nursery | None = None
+        self._pager_done = trio.Event()
+
+    # --- running ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the pager connection until :meth:`shutdown` closes it."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._serve_pager)
+            nursery.start_soon(self._receive_loop)
+            task_status.started()
+
+    async def _serve_pager(self) -> None:
+        conn = self.conn
+        try:
+            await conn.pager.serve(conn.inbox, conn.outbox)  # type: ignore[attr-defined]
+        except Exception as exc:  # a pager bug must not take the mount down
+            self.pager_failed(f"raised {type(exc).__name__}: {exc}")
+        else:
+            if conn.failure is None and not self._closing():
+                self.pager_failed("stopped serving")
+        finally:
+            conn.outbox.close()
+            self._pager_done.set()
+
+    def _closing(self) -> bool:
+        return self.conn.inbox.closed
+
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                _, msg = await self.conn.outbox.receive()
+            except trio.EndOfChannel:
+                return
+            obj = self.objects.get(msg.object)
+            if obj is None:
+                log.debug("dropping %s for unknown object %s", msg.name(), msg.object)
+                continue
+            try:
+                obj.receive(msg)
+            except RemoteProtocolError as exc:
+                self.pager_failed(f"broke the protocol with {msg.name()}: {exc}")
+            self._flush()
+
+    def pager_failed(self, why: str) -> None:
+        """Mark the pager failed: one log line, every waiter gets EIO, dirty data is kept."""
+        if self.conn.failure is not None:
+            return
+        self.conn.failure = why
+        log.error("pager %s failed: %s", self.conn.name, why)
+        for obj in self.objects.values():
+            obj.fail()
+        self._flush()
+
+    async def shutdown(self) -> None:
+        """Return and synchronize every dirty page, terminate every object, stop the pager."""
+        for obj_id in list(self.objects):
+            obj = self.objects[obj_id]
+            if obj.state is ObjectState.READY:
+                try:
+                    await self.sync(obj_id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
+                except (PagerFailed, PageError) as exc:
+                    log.error("could not write back object %s on shutdown: %s", obj_id, exc)
+            self.terminate(obj_id)
+        self.conn.inbox.close()
+        with trio.move_on_after(self.timeout):
+            await self._pager_done.wait()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _count(self, direction: str, seqno: int, msg: Message) -> None:
+        self.messages[msg.name()] += 1
+        if self._tracer is not None:
+            self._tracer(direction, seqno, msg)
+
+    def _flush(self) -> None:
+        """Carry out what the core asked for: evict over budget, send, wake, invalidate."""
+        out = self.out
+        self.cache.reclaim()
+        while out.messages or out.wakeups:
+            messages, out.messages = out.messages, []
+            if self.conn.failure is None:
+                for msg in messages:
+                    self.conn.inbox.send(msg)
+            wakeups, out.wakeups = out.wakeups, []
+            for key, error in wakeups:
+                waiter = self._waiters.pop(key, None)
+                if waiter is not None:
+                    waiter.error = error
+                    waiter.event.set()
+        if out.invalidations:
+            ranges, out.invalidations = out.invalidations, []
+            if self.invalidator is not None:
+                for obj_id, offset, length in ranges:
+                    self.invalidator(obj_id, offset, length)
+
+    async def _park(self, key: Key, *, raise_error: bool = True) -> None:
+        """Send what is queued, then wait until ``key`` is woken (or the pager times out)."""
+        waiter = self._waiters.get(key)
+        if waiter is None:
+            waiter = self._waiters[key] = _Waiter()
+        self._flush()
+        with trio.move_on_after(self.timeout) as scope:
+            await waiter.event.wait()
+        if scope.cancelled_caught:
+            raise PagerFailed(f"pager {self.conn.name} did not answer within {self.timeout:g} s")
+        if waiter.error and raise_error:
+            raise PageError(waiter.error)
+
+    async def _backpressure(self) -> None:
+        if self.conn.inbox.queued_bytes > self.max_queued:
+            with trio.move_on_after(self.timeout) as scope:
+                await self.conn.inbox.wait_drained(self.max_queued)
+            if scope.cancelled_caught:
+                raise PagerFailed(f"pager {self.conn.name} stopped reading its messages")
+
+    # --- objects -----------------------------------------------------------------------------
+
+    def open(self, obj_id: ObjectId, size: int) -> MemoryObject:
+        """The cache's object for ``obj_id``, sending ``init`` the first time."""
+        obj = self.objects.get(obj_id)
+        if obj is None or obj.state in (ObjectState.TERMINATED, ObjectState.DESTROYED):
+            obj = MemoryObject(obj_id, self.page_size, self.cache, self.out, size)
+            self.objects[obj_id] = obj
+            if self.conn.failure is not None:
+                obj.fail()
+            else:
+                obj.start()
+            self._flush()
+        return obj
+
+    def _usable(self, obj_id: ObjectId) -> MemoryObject:
+        obj = self.objects.get(obj_id)
+        if obj is None:
+            raise KeyError(f"memory object {obj_id} is not open")
+        if self.conn.failure is not None and obj.state is not ObjectState.DEAD:
+            obj.fail()
+        return obj
+
+    def terminate(self, obj_id: ObjectId) -> None:
+        """Return what must be returned and end the object's conversation with its pager."""
+        obj = self.objects.pop(obj_id, None)
+        if obj is not None:
+            obj.terminate()
+            self._flush()
+
+    def set_size(self, obj_id: ObjectId, size: int) -> None:
+        self._usable(obj_id).set_size(size)
+        self._flush()
+
+    async def read(self, obj_id: ObjectId, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``, faulting in missing pages (short at EOF)."""
+        obj = self._usable(obj_id)
+        end = min(offset + size, obj.size)
+        if end <= offset:
+            return b""
+        ps = obj.page_size
+        first, last = offset // ps, (end - 1) // ps
+        while obj.state is ObjectState.INIT_SENT:
+            await self._park(obj.ready_key)
+        obj.request(first, last - first + 1, VM_PROT_READ)  # ask for the whole range at once
+        parts = []
+        for index in range(first, last + 1):
+            while (key := obj.fault(index, VM_PROT_READ)) is not None:
+                await self._park(key)
+            data = obj.page_data(index)
+            base = index * ps
+            lo, hi = max(offset, base) - base, min(end, base + ps) - base
+            parts.append(bytes(memoryview(data)[lo:hi]))
+        self._flush()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def write(self, obj_id: ObjectId, offset: int, data: bytes | memoryview) -> int:
+        """Write ``data`` at ``offset`` into the cache (dirty pages); return the new size."""
+        obj = self._usable(obj_id)
+        await self._backpressure()
+        view = memoryview(data)
+        ps = obj.page_size
+        pos = 0
+        while pos < len(view):
+            index, start = divmod(offset + pos, ps)
+            n = min(ps - start, len(view) - pos)
+            while (key := obj.write(index, start, view[pos : pos + n])) is not None:
+                await self._park(key)
+            pos += n
+        self._flush()
+        return obj.size
+
+    async def sync(self, obj_id: ObjectId, offset: int, length: int, flags: int) -> None:
+        """Return the range's dirty and precious pages, send ``synchronize`` and wait for
+        ``synchronize_completed`` (raises PageError with the pager's write-back errno)."""
+        obj = self._usable(obj_id)
+        ps = obj.page_size
+        start = offset // ps * ps
+        length = -(-(offset + length) // ps) * ps - start
+        while True:
+            key, started = obj.begin_sync(start, length, flags)
+            await self._park(key, raise_error=started)
+            if started:
+                return
+
+    # --- observation -------------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, object]:
+        """What ``mofs stat`` shows: memory use by condition and message counts."""
+        totals: Counter[str] = Counter()
+        for obj in self.objects.values():
+            totals.update(obj.statistics())
+        ps = self.page_size
+        return {
+            "objects": len(self.objects),
+            "page_size": ps,
+            "budget_bytes": self.cache.budget,
+            "resident_bytes": self.cache.resident_bytes,
+            "resident_pages": totals["resident"],
+            "requested_pages": totals["requested"],
+            "dirty_bytes": totals["dirty"] * ps,
+            "precious_bytes": totals["precious"] * ps,
+            "locked_pages": totals["locked"],
+            "queued_to_pager_bytes": self.conn.inbox.queued_bytes,
+            "pager": self.conn.name,
+            "pager_failure": self.conn.failure,
+            "messages": dict(sorted(self.messages.items())),
+        }
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a FUSE caller should see for an exception from this module."""
+    if isinstance(exc, PageError):
+        return exc.errno
+    return errno.EIO

@@ -1,0 +1,131 @@
+"""Mount lifecycle: check the mountpoint, open store and pager, serve FUSE, write back on exit.
+
+The order on the way out matters: when FUSE stops (``fusermount3 -u``, SIGTERM, SIGINT)
+the cache still holds dirty pages. They are returned and synchronized with the pager,
+and the metadata committed durably, before the process exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from pagers import open_pager
+
+from .errors import UserError
+from .fs import Operations
+from .kernel import Kernel
+from .namespace import Namespace
+from .trace import Trace
+
+log = logging.getLogger(__name__)
+
+EXIT_MOUNTPOINT = 4
+
+
+@dataclass
+class MountConfig:
+    """Everything ``mofs mount`` was asked for."""
+
+    store: str
+    mountpoint: str
+    pager_url: str | None = None
+    cache_size: int = 256 << 20
+    page_size: int = 64 << 10
+    timeout: float = 30.0
+    trace: str | None = None
+
+
+def check_mountpoint(path: str) -> str:
+    """The mountpoint's real path, or a UserError saying why it cannot be used."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"mountpoint {path} does not exist", EXIT_MOUNTPOINT) from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise UserError(
+                f"mountpoint {path} is a dead mount (transport endpoint not connected); "
+                f"run 'fusermount3 -u {path}' first", EXIT_MOUNTPOINT) from None
+        raise UserError(f"mountpoint {path}: {exc.strerror}", EXIT_MOUNTPOINT) from None
+    real = os.path.realpath(path)
+    if not os.path.isdir(real) or st is None:
+        raise UserError(f"mountpoint {path} is not a directory", EXIT_MOUNTPOINT)
+    if os.path.ismount(real):
+        raise UserError(f"mountpoint {path} is already a mount point (in use)", EXIT_MOUNTPOINT)
+    if os.listdir(real):
+        raise UserError(f"mountpoint {path} is not empty", EXIT_MOUNTPOINT)
+    return real
+
+
+def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
+    """Mount, call ``on_ready`` with a one-line description, serve until unmounted."""
+    mountpoint = check_mountpoint(config.mountpoint)
+    store = os.path.abspath(config.store)
+    if store.startswith(mountpoint + os.sep):
+        raise UserError(f"the store {config.store} must not live inside the mountpoint")
+    pager = open_pager(config.pager_url, store)  # before the store: a bad URL creates nothing
+    ns = Namespace.open(store, create=True, page_size=config.page_size)
+    trace = Trace(config.trace) if config.trace else None
+    try:
+        kernel = Kernel(
+            pager,
+            pager_name=config.pager_url or "sqlite:",
+            page_size=ns.page_size,
+            budget=config.cache_size,
+            timeout=config.timeout,
+            tracer=trace,
+        )
+        ops = Operations(ns, kernel, trace)
+        kernel.invalidator = ops.invalidate
+        fsname = store if "," not in store else "mofs"  # commas would split the option
+        options = set(pyfuse3.default_options) | {f"fsname={fsname}", "subtype=mofs"}
+        if os.getuid() == 0:
+            options.add("allow_other")
+        try:
+            pyfuse3.init(ops, mountpoint, options)
+        except RuntimeError as exc:
+            raise UserError(f"cannot mount on {mountpoint}: {exc}", EXIT_MOUNTPOINT) from None
+        how = "created a new store" if ns.created else "existing store"
+        message = f"mounted {config.store} on {mountpoint} ({how}, pager {kernel.conn.name})"
+        unmounted = False
+        try:
+            trio.run(_run, ops, lambda: on_ready(message))
+            unmounted = not os.path.ismount(mountpoint)
+        finally:
+            pyfuse3.close(unmount=not unmounted)
+    finally:
+        ns.close()
+        if trace is not None:
+            trace.close()
+
+
+async def _run(ops: Operations, ready: Callable[[], None]) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ops.kernel.run)
+        for ino in ops.ns.orphans():  # open-unlinked files left by a crash
+            ops.forget_orphan(ino)
+        nursery.start_soon(_stop_on_signal)
+        ready()
+        try:
+            await pyfuse3.main()
+        finally:
+            with trio.CancelScope(shield=True):
+                await ops.kernel.shutdown()
+                ops.ns.commit(durable=True)
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s: writing back and unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,47 @@
+"""Pagers: the managers of mofs's memory objects, and how to pick one by URL.
+
+A pager URL is ``scheme:rest``. The built-in schemes are ``sqlite:`` (pages in the
+mofs store, or in the database named by ``rest``) and ``memory:`` (anonymous memory);
+an installed package adds a scheme through the ``mofs.pagers`` entry-point group, whose
+entry point names a class called with ``rest`` as its single argument.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from mofs.errors import UserError
+
+from .kit import Pager as Pager
+from .memory import MemoryPager as MemoryPager
+from .sqlite import SQLitePager as SQLitePager
+
+__all__ = ["MemoryPager", "Pager", "SQLitePager", "open_pager"]
+
+_BUILTIN = ("memory", "sqlite")
+
+
+def open_pager(url: str | None, store_path: str) -> Pager:
+    """The pager named by ``url``; ``None`` means the store's own SQLite pager.
+
+    Raises :class:`~mofs.errors.UserError` (exit code 2) for an unknown scheme.
+    """
+    if url is None:
+        return SQLitePager(store_path)
+    scheme, _, rest = url.partition(":")
+    if scheme == "sqlite":
+        return SQLitePager(rest or store_path)
+    if scheme == "memory":
+        if rest:
+            raise UserError(f"pager {url!r}: memory: takes no argument", exit_code=2)
+        return MemoryPager()
+    plugins = {ep.name: ep for ep in importlib.metadata.entry_points(group="mofs.pagers")}
+    if scheme in plugins:
+        try:
+            factory = plugins[scheme].load()
+        except Exception as exc:
+            raise UserError(f"pager {url!r}: cannot load {plugins[scheme].value}: {exc}",
+                            exit_code=2) from exc
+        return factory(rest)
+    known = ", ".join(f"{name}:" for name in sorted(set(_BUILTIN) | set(plugins)))
+    raise UserError(f"unknown pager {url!r}: known schemes are {known}", exit_code=2)
