@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
-import trio
 
 from .errors import PageError, PagerFailed
 from .kernel import Kernel
@@ -56,7 +55,12 @@ def _fuse_errors(func: F) -> F:
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         except OSError as exc:
+            if not exc.errno or exc.errno == errno.EIO:
+                log.error("%s failed: %s", func.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:  # a bug must fail one request, not take the mount down
+            log.exception("%s failed", func.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -167,13 +171,16 @@ class Operations(pyfuse3.Operations):
         self.lookups[ino] += 1
         return self._attrs(self.ns.get(ino))
 
-    @_fuse_errors
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # forget has no reply: an exception here would end the whole FUSE session.
         for ino, n in inode_list:
             self.lookups[ino] -= n
             if self.lookups[ino] <= 0:
                 del self.lookups[ino]
-                self._maybe_delete(ino)
+                try:
+                    self._maybe_delete(ino)
+                except Exception:
+                    log.exception("could not free inode %d", ino)
 
     @_fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> Any:
@@ -401,11 +408,9 @@ class Operations(pyfuse3.Operations):
                 await self.kernel.sync(obj.id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
         self.ns.commit(durable=True)
 
-    def invalidate(self, obj_id: ObjectId, offset: int, length: int) -> None:
-        """Drop a range the pager flushed from the Linux page cache, off the trio thread.
+    def invalidate(self, obj_id: ObjectId) -> None:
+        """Drop a file's pages from the Linux page cache (mappings included).
 
-        ``invalidate_inode`` may block (pyfuse3 warns so), so it never runs inside the
-        FUSE request that caused it nor on the trio thread."""
-        trio.lowlevel.spawn_system_task(
-            trio.to_thread.run_sync, pyfuse3.invalidate_inode, pyfuse3.InodeT(obj_id), False
-        )
+        Called by the kernel in a worker thread, never on the trio thread: pyfuse3 warns
+        that ``invalidate_inode`` may block."""
+        pyfuse3.invalidate_inode(pyfuse3.InodeT(obj_id), False)

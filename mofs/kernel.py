@@ -29,6 +29,7 @@ from .memory_object import Key, MemoryObject, ObjectState, Outbox
 from .messages import (
     VM_PROT_READ,
     VM_SYNC_SYNCHRONOUS,
+    LockCompleted,
     Message,
     ObjectId,
 )
@@ -36,7 +37,7 @@ from .messages import (
 log = logging.getLogger(__name__)
 
 Tracer = Callable[[str, int, Message], None]
-Invalidator = Callable[[ObjectId, int, int], None]
+Invalidator = Callable[[ObjectId], None]
 
 
 @dataclass(slots=True, eq=False)
@@ -160,25 +161,49 @@ class Kernel:
             self._tracer(direction, seqno, msg)
 
     def _flush(self) -> None:
-        """Carry out what the core asked for: evict over budget, send, wake, invalidate."""
+        """Carry out what the core asked for: evict over budget, send, wake, invalidate.
+
+        A ``lock_request`` that flushed pages must also empty the Linux page cache above
+        FUSE before its ``lock_completed`` goes out (decision 7); that completion is held
+        back until the invalidation, run in a thread, has finished."""
         out = self.out
         self.cache.reclaim()
         while out.messages or out.wakeups:
+            flushed = {obj_id for obj_id, _, _ in out.invalidations}
+            out.invalidations.clear()
             messages, out.messages = out.messages, []
+            held = []
             if self.conn.failure is None:
                 for msg in messages:
-                    self.conn.inbox.send(msg)
+                    if (isinstance(msg, LockCompleted) and msg.object in flushed
+                            and self.invalidator is not None and self._nursery is not None):
+                        held.append(msg)
+                    else:
+                        self.conn.inbox.send(msg)
+            for obj_id in flushed:
+                if self.invalidator is not None and self._nursery is not None:
+                    done = [m for m in held if m.object == obj_id]
+                    self._nursery.start_soon(self._invalidate, obj_id, done)
             wakeups, out.wakeups = out.wakeups, []
             for key, error in wakeups:
                 waiter = self._waiters.pop(key, None)
                 if waiter is not None:
                     waiter.error = error
                     waiter.event.set()
-        if out.invalidations:
-            ranges, out.invalidations = out.invalidations, []
-            if self.invalidator is not None:
-                for obj_id, offset, length in ranges:
-                    self.invalidator(obj_id, offset, length)
+
+    async def _invalidate(self, obj_id: ObjectId, completions: list[Message]) -> None:
+        """Drop the object's pages from the Linux page cache, then send its completions.
+
+        Runs in a thread: pyfuse3 warns that invalidation may block, and it must never
+        run inside the FUSE request that caused it."""
+        assert self.invalidator is not None
+        try:
+            await trio.to_thread.run_sync(self.invalidator, obj_id)
+        except OSError as exc:  # the kernel may not know the inode (never looked up)
+            log.debug("invalidating object %s: %s", obj_id, exc)
+        if self.conn.failure is None:
+            for msg in completions:
+                self.conn.inbox.send(msg)
 
     async def _park(self, key: Key, *, raise_error: bool = True) -> None:
         """Send what is queued, then wait until ``key`` is woken (or the pager times out)."""

@@ -3,12 +3,16 @@
 A pager URL is ``scheme:rest``. The built-in schemes are ``sqlite:`` (pages in the
 mofs store, or in the database named by ``rest``) and ``memory:`` (anonymous memory);
 an installed package adds a scheme through the ``mofs.pagers`` entry-point group, whose
-entry point names a class called with ``rest`` as its single argument.
+entry point names a class called with ``rest`` as its single argument. A pager that is
+not packaged can be named directly: ``python:MODULE:CLASS`` or ``python:MODULE:CLASS:ARG``
+imports MODULE (from the current directory too) and calls CLASS, with ARG if given.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import sys
 
 from mofs.errors import UserError
 
@@ -18,7 +22,7 @@ from .sqlite import SQLitePager as SQLitePager
 
 __all__ = ["MemoryPager", "Pager", "SQLitePager", "open_pager"]
 
-_BUILTIN = ("memory", "sqlite")
+_BUILTIN = ("memory", "python", "sqlite")
 
 
 def open_pager(url: str | None, store_path: str) -> Pager:
@@ -35,6 +39,8 @@ def open_pager(url: str | None, store_path: str) -> Pager:
         if rest:
             raise UserError(f"pager {url!r}: memory: takes no argument", exit_code=2)
         return MemoryPager()
+    if scheme == "python":
+        return _python_pager(url, rest)
     plugins = {ep.name: ep for ep in importlib.metadata.entry_points(group="mofs.pagers")}
     if scheme in plugins:
         try:
@@ -45,3 +51,18 @@ def open_pager(url: str | None, store_path: str) -> Pager:
         return factory(rest)
     known = ", ".join(f"{name}:" for name in sorted(set(_BUILTIN) | set(plugins)))
     raise UserError(f"unknown pager {url!r}: known schemes are {known}", exit_code=2)
+
+
+def _python_pager(url: str, rest: str) -> Pager:
+    """``python:MODULE:CLASS[:ARG]``: a pager class that is not installed as a package."""
+    module_name, _, rest = rest.partition(":")
+    class_name, _, arg = rest.partition(":")
+    if not module_name or not class_name:
+        raise UserError(f"pager {url!r}: write python:MODULE:CLASS[:ARG]", exit_code=2)
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        factory = getattr(importlib.import_module(module_name), class_name)
+        return factory(arg) if arg else factory()
+    except Exception as exc:
+        raise UserError(f"pager {url!r}: {type(exc).__name__}: {exc}", exit_code=2) from exc

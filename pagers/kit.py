@@ -6,14 +6,16 @@ one page and how to change an object's size; :meth:`Pager.serve` turns the kerne
 messages into those calls and their results (or exceptions) into replies. A pager that
 needs the whole protocol overrides :meth:`Pager.serve` and keeps the same contract.
 
-Messages are handled one at a time in inbox order, which is how the protocol's
-per-object ordering (PROTOCOL.md O1, O5, O11) is kept without any locking.
+Messages about one object are handled one at a time in inbox order, which is how the
+protocol's per-object ordering (PROTOCOL.md O1, O5, O11) is kept without any locking;
+different objects are served concurrently.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import mmap
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -82,6 +84,9 @@ class Pager:
     """Bytes the kernel may ask for in one ``data_request`` (0: its own choice)."""
     precious: bool = False
     """Supply pages as precious: the pager keeps no copy, the kernel must return them."""
+    lock_value: int = VM_PROT_NONE
+    """Access prohibited on supplied pages; VM_PROT_WRITE makes the first write to a page
+    ask :meth:`unlock_page` (``data_unlock``), as ext2fs does for holes."""
 
     # --- the four methods a simple pager overrides -------------------------------------
 
@@ -149,23 +154,66 @@ class Pager:
             return self.__dict__.setdefault("_kit_objects", _Objects())
 
     async def serve(self, inbox: Channel, outbox: Channel) -> None:
-        """Answer ``inbox`` on ``outbox`` until ``inbox`` is closed and drained."""
+        """Answer ``inbox`` on ``outbox`` until ``inbox`` is closed and drained.
+
+        Each object gets its own worker task, so a slow answer about one object never
+        delays another (libpager's per-object workers), while the messages of one object
+        are handled strictly in arrival order. :meth:`idle` runs before any task waits,
+        so no await ever happens in the middle of a batch.
+        """
+        queues: dict[ObjectId, trio.MemorySendChannel[Message]] = {}
+        finished: dict[ObjectId, trio.Event] = {}
         try:
-            while True:
-                try:
-                    _, msg = inbox.receive_nowait()
-                except trio.WouldBlock:
-                    await self.idle()
+            async with trio.open_nursery() as nursery:
+                while True:
                     try:
-                        _, msg = await inbox.receive()
+                        _, msg = inbox.receive_nowait()
+                    except trio.WouldBlock:
+                        await self.idle()
+                        try:
+                            _, msg = await inbox.receive()
+                        except trio.EndOfChannel:
+                            break
                     except trio.EndOfChannel:
                         break
-                except trio.EndOfChannel:
-                    break
-                await self.handle(msg, outbox)
+                    obj = msg.object
+                    queue = queues.get(obj)
+                    if queue is None:
+                        queue, receive = trio.open_memory_channel[Message](math.inf)
+                        queues[obj] = queue
+                        previous = finished.get(obj)
+                        finished[obj] = done = trio.Event()
+                        nursery.start_soon(self._work, receive, outbox, previous, done)
+                    queue.send_nowait(msg)
+                    if isinstance(msg, Terminate):  # the next init starts a new worker
+                        queue.close()
+                        del queues[obj]
+                for queue in queues.values():
+                    queue.close()
         finally:
             with trio.CancelScope(shield=True):
                 await self.close()
+
+    async def _work(self, receive: trio.MemoryReceiveChannel[Message], outbox: Channel,
+                    previous: trio.Event | None, done: trio.Event) -> None:
+        """Handle one object's messages in order (after its previous worker, O10)."""
+        try:
+            if previous is not None:
+                await previous.wait()
+            while True:
+                try:
+                    msg = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel) as exc:
+                    await self.idle()  # before any wait, and before this worker ends
+                    if isinstance(exc, trio.EndOfChannel):
+                        return
+                    try:
+                        msg = await receive.receive()
+                    except trio.EndOfChannel:
+                        return
+                await self.handle(msg, outbox)
+        finally:
+            done.set()
 
     async def handle(self, msg: Message, outbox: Channel) -> None:
         """Handle one kernel message, sending its replies on ``outbox``."""
@@ -249,7 +297,7 @@ class Pager:
                   run: list[Page]) -> None:
         first = run[0]
         if isinstance(first, bytes):
-            outbox.send(DataSupply(obj, offset, b"".join(run), VM_PROT_NONE, self.precious))
+            outbox.send(DataSupply(obj, offset, b"".join(run), self.lock_value, self.precious))
         elif first is None:
             outbox.send(DataUnavailable(obj, offset, size * len(run)))
         else:

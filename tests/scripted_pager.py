@@ -1,0 +1,87 @@
+"""A memory pager that a test steers from outside, to provoke the full protocol.
+
+Mounted with ``--pager python:tests.scripted_pager:ScriptedPager:SOCKET``; the test
+connects to SOCKET and sends JSON lines. Each command is answered with ``ok``:
+
+- ``{"op": "set", "object": N, "offset": O, "data": "text"}`` changes a page behind the
+  kernel's back, then invalidates it with ``lock_request(RETURN_NONE, flush)``;
+- ``{"op": "hang", "object": N}`` makes every later read of object N wait forever;
+- ``{"op": "write_lock", "on": true}`` supplies pages write-locked (``data_unlock`` on
+  the first write);
+- ``{"op": "refuse_unlock", "errno": 28}`` refuses unlocks with that errno (0 grants).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import trio
+
+from mofs.channel import Channel
+from mofs.messages import (
+    MEMORY_OBJECT_RETURN_NONE,
+    VM_PROT_NO_CHANGE,
+    VM_PROT_NONE,
+    VM_PROT_WRITE,
+    LockRequest,
+    ObjectId,
+)
+from pagers import MemoryPager
+
+
+class ScriptedPager(MemoryPager):
+    def __init__(self, socket_path: str) -> None:
+        super().__init__()
+        self.socket_path = socket_path
+        self.hung: set[int] = set()
+        self.refuse = 0
+        self.outbox: Channel | None = None
+
+    async def read_page(self, obj: ObjectId, offset: int, length: int) -> bytes | None:
+        if obj in self.hung:
+            await trio.sleep_forever()
+        return await super().read_page(obj, offset, length)
+
+    async def unlock_page(self, obj: ObjectId, offset: int, length: int) -> None:
+        if self.refuse:
+            raise OSError(self.refuse, os.strerror(self.refuse))
+
+    async def serve(self, inbox: Channel, outbox: Channel) -> None:
+        self.outbox = outbox
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        await sock.bind(self.socket_path)
+        sock.listen()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self._command,
+                               [trio.SocketListener(sock)])
+            await super().serve(inbox, outbox)
+            nursery.cancel_scope.cancel()
+
+    async def _command(self, stream: trio.SocketStream) -> None:
+        buffer = b""
+        async with stream:
+            async for chunk in stream:
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self._do(json.loads(line))
+                    await stream.send_all(b"ok\n")
+
+    def _do(self, cmd: dict) -> None:
+        op = cmd["op"]
+        if op == "set":
+            obj, offset = ObjectId(cmd["object"]), cmd["offset"]
+            size = self.page_size(obj)
+            self.pages.setdefault(obj, {})[offset] = cmd["data"].encode().ljust(size, b"\0")
+            assert self.outbox is not None
+            self.outbox.send(LockRequest(obj, offset, size, MEMORY_OBJECT_RETURN_NONE, True,
+                                         VM_PROT_NO_CHANGE, True))
+        elif op == "hang":
+            self.hung.add(cmd["object"])
+        elif op == "write_lock":
+            self.lock_value = VM_PROT_WRITE if cmd["on"] else VM_PROT_NONE
+        elif op == "refuse_unlock":
+            self.refuse = cmd["errno"]
+        else:
+            raise ValueError(f"unknown command {op!r}")

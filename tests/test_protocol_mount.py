@@ -1,0 +1,141 @@
+"""The pager-driven half of the protocol, through a real mount and a steerable pager."""
+
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import needs_fuse
+
+pytestmark = needs_fuse
+PS = 65536
+
+
+class Control:
+    """The test's end of the scripted pager's control socket."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock: socket.socket | None = None
+
+    def __call__(self, **cmd: object) -> None:
+        if self.sock is None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(10)
+            self.sock.connect(self.path)
+        self.sock.sendall(json.dumps(cmd).encode() + b"\n")
+        assert self.sock.recv(16) == b"ok\n"
+
+
+@pytest.fixture
+def scripted(mount) -> Iterator:
+    """``scripted(*args)`` mounts with the scripted pager; returns (mount, control)."""
+    folder = tempfile.mkdtemp(prefix="mofs-ctl-")  # unix socket paths must be short
+    sock = os.path.join(folder, "ctl")
+
+    controls: list[Control] = []
+
+    def start(*args: str):
+        m = mount("--pager", f"python:tests.scripted_pager:ScriptedPager:{sock}", *args)
+        controls.append(Control(sock))
+        return m, controls[-1]
+
+    yield start
+    for control in controls:
+        if control.sock is not None:
+            control.sock.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def wait_for(predicate, what: str, timeout: float = 10):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+    return result
+
+
+def test_lock_request_flush_reaches_cat_and_an_existing_mmap_view(scripted):
+    m, control = scripted()
+    f = m.path / "f"
+    f.write_bytes(b"old!" * (PS // 4) * 2)
+    fd = os.open(f, os.O_RDWR)
+    try:
+        os.fsync(fd)  # the pager now holds the pages (it keeps what is returned)
+        view = mmap.mmap(fd, 2 * PS, mmap.MAP_SHARED, mmap.PROT_READ)
+        assert view[:4] == b"old!"
+        ino = os.fstat(fd).st_ino
+        control(op="set", object=ino, offset=0, data="new!")
+        wait_for(lambda: any(t["msg"] == "lock_completed" for t in m.trace_lines()),
+                 "lock_completed")
+        assert m.run(["cat", str(f)]).stdout.startswith("new!")
+        assert view[:4] == b"new!" and view[PS : PS + 4] == b"old!"
+        view.close()
+    finally:
+        os.close(fd)
+    trace = [t for t in m.trace_lines() if t.get("object") == ino]
+    names = [t["msg"] for t in trace]
+    lock = names.index("lock_request")
+    assert names.index("lock_completed") > lock
+    assert trace[lock]["should_flush"] is True
+    refetch = [t for t in trace[lock:] if t["msg"] == "data_request"]
+    assert refetch and refetch[0]["offset"] == 0
+
+
+def test_a_pager_that_never_answers_fails_the_read_with_eio_and_others_go_on(scripted):
+    m, control = scripted("--pager-timeout", "2")
+    m.expected_log += [r"did not answer", r"could not write back"]
+    for name in ("slow", "fine"):
+        m.run(["truncate", "-s", "1M", str(m.path / name)])
+    control(op="hang", object=os.stat(m.path / "slow").st_ino)
+    started = time.monotonic()
+    done = m.run(["cat", str(m.path / "slow")], check=False, timeout=60)
+    assert done.returncode != 0 and "Input/output error" in done.stderr
+    assert time.monotonic() - started < 30
+    assert m.run(["cat", str(m.path / "fine")]).stdout == "\0" * (1 << 20)
+    (m.path / "new").write_text("still usable")
+    assert (m.path / "new").read_text() == "still usable"
+
+
+def test_write_to_a_write_locked_page_asks_data_unlock_once_and_waits_for_grant(scripted):
+    m, control = scripted()
+    f = m.path / "f"
+    f.write_bytes(b"a" * PS)
+    ino = os.stat(f).st_ino
+    m.python("import os,sys; fd=os.open(sys.argv[1], os.O_RDWR); os.fsync(fd)", str(f))
+    control(op="write_lock", on=True)
+    control(op="set", object=ino, offset=0, data="b")  # flush: the refetch comes locked
+    wait_for(lambda: any(t["msg"] == "lock_completed" for t in m.trace_lines()), "flush")
+    assert f.read_bytes()[:2] == b"b\0"
+    with open(f, "r+b") as fh:
+        fh.write(b"c")
+    assert f.read_bytes()[:2] == b"c\0"
+    names = [t["msg"] for t in m.trace_lines() if t.get("object") == ino]
+    assert names.count("data_unlock") == 1
+    unlock = names.index("data_unlock")
+    assert "lock_request" in names[unlock:]
+
+
+def test_a_refused_unlock_fails_the_write_with_the_pagers_errno(scripted):
+    m, control = scripted()
+    f = m.path / "f"
+    f.write_bytes(b"a" * PS)
+    ino = os.stat(f).st_ino
+    m.python("import os,sys; fd=os.open(sys.argv[1], os.O_RDWR); os.fsync(fd)", str(f))
+    control(op="write_lock", on=True)
+    control(op="refuse_unlock", errno=errno.ENOSPC)
+    control(op="set", object=ino, offset=0, data="b")
+    wait_for(lambda: any(t["msg"] == "lock_completed" for t in m.trace_lines()), "flush")
+    done = m.python("import os,sys\nfd=os.open(sys.argv[1], os.O_RDWR)\n"
+                    "try:\n    os.pwrite(fd, b'c', 0)\nexcept OSError as e:\n"
+                    "    print(e.errno)\n", str(f))
+    assert done.stdout.strip() == str(errno.ENOSPC)
+    assert f.read_bytes()[:2] == b"b\0"  # readers are unaffected
