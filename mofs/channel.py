@@ -48,19 +48,26 @@ class Channel:
         self._send.send_nowait((self._seqno, msg))
         return self._seqno
 
-    async def receive(self) -> tuple[int, Message]:
-        """Next ``(seqno, message)``; raises ``trio.EndOfChannel`` once closed and empty."""
+    async def receive(self, *, hold: bool = False) -> tuple[int, Message]:
+        """Next ``(seqno, message)``; raises ``trio.EndOfChannel`` once closed and empty.
+
+        With ``hold``, the message's page bytes still count as queued until
+        :meth:`release`: a receiver that hands messages on to workers releases them
+        when they are handled, so back-pressure sees its real backlog."""
         seqno, msg = await self._receive.receive()
-        self._consumed(msg)
+        if not hold:
+            self.release(msg)
         return seqno, msg
 
-    def receive_nowait(self) -> tuple[int, Message]:
+    def receive_nowait(self, *, hold: bool = False) -> tuple[int, Message]:
         """Like :meth:`receive`; raises ``trio.WouldBlock`` when nothing is queued."""
         seqno, msg = self._receive.receive_nowait()
-        self._consumed(msg)
+        if not hold:
+            self.release(msg)
         return seqno, msg
 
-    def _consumed(self, msg: Message) -> None:
+    def release(self, msg: Message) -> None:
+        """The message has been dealt with: its page bytes no longer count as queued."""
         size = _payload(msg)
         if size:
             self.queued_bytes -= size

@@ -148,6 +148,13 @@ class Operations(pyfuse3.Operations):
         self.lookups.pop(ino, None)
         self.opens.pop(ino, None)
 
+    def size_of(self, obj_id: ObjectId) -> int | None:
+        """The size of a file, or None if it no longer exists (for journal replay)."""
+        try:
+            return self.ns.get(obj_id).size
+        except KeyError:
+            return None
+
     def forget_orphan(self, ino: int) -> None:
         """Free an inode that lost its last name while open when the daemon died."""
         self._maybe_delete(ino)

@@ -25,10 +25,13 @@ import trio
 from .cache import Cache
 from .channel import Channel
 from .errors import PageError, PagerFailed, RemoteProtocolError
+from .journal import ReturnJournal
 from .memory_object import Key, MemoryObject, ObjectState, Outbox
 from .messages import (
     VM_PROT_READ,
     VM_SYNC_SYNCHRONOUS,
+    DataReturn,
+    DataSupply,
     LockCompleted,
     Message,
     ObjectId,
@@ -69,6 +72,7 @@ class Kernel:
         budget: int = 256 << 20,
         timeout: float = 30.0,
         tracer: Tracer | None = None,
+        journal: ReturnJournal | None = None,
     ) -> None:
         self.page_size = page_size
         self.timeout = timeout
@@ -84,6 +88,14 @@ class Kernel:
         self.max_queued = max(page_size, min(budget // 2, 64 << 20))
         self._nursery: trio.Nursery | None = None
         self._pager_done = trio.Event()
+        self.journal = journal
+        self._precious: set[ObjectId] = set()  # objects whose pager supplied precious pages
+        # A pager that declares itself precious (the kit's attribute) keeps no copy of any
+        # page, so every return of every object it serves is journaled.
+        self._journal_all = bool(getattr(pager, "precious", False))
+        self._settling = False
+        # Journaled bytes beyond this make the kernel synchronize objects to prune it.
+        self.max_journal = max(budget, 64 << 20)
 
     # --- running ---------------------------------------------------------------------------
 
@@ -121,6 +133,8 @@ class Kernel:
             if obj is None:
                 log.debug("dropping %s for unknown object %s", msg.name(), msg.object)
                 continue
+            if isinstance(msg, DataSupply) and msg.precious:
+                self._precious.add(msg.object)
             try:
                 obj.receive(msg)
             except RemoteProtocolError as exc:
@@ -173,6 +187,7 @@ class Kernel:
             out.invalidations.clear()
             messages, out.messages = out.messages, []
             held = []
+            self._journal(messages)
             if self.conn.failure is None:
                 for msg in messages:
                     if (isinstance(msg, LockCompleted) and msg.object in flushed
@@ -190,6 +205,65 @@ class Kernel:
                 if waiter is not None:
                     waiter.error = error
                     waiter.event.set()
+
+    def _journal(self, messages: list[Message]) -> None:
+        """Commit the returns of precious objects to the journal before they are sent."""
+        if self.journal is None or not (self._precious or self._journal_all):
+            return
+        returns = [m for m in messages if isinstance(m, DataReturn)
+                   and (self._journal_all or m.object in self._precious)]
+        if not returns:
+            return
+        try:
+            self.journal.record(returns)
+        except Exception as exc:  # a full disk must not stop the returns themselves
+            log.error("could not journal %d returned pages: %s", len(returns), exc)
+            return
+        if self.journal.pending_bytes > self.max_journal and not self._settling:
+            if self._nursery is not None:
+                self._settling = True
+                self._nursery.start_soon(self._settle_journal)
+
+    async def _settle_journal(self) -> None:
+        """Synchronize the journaled objects so that their rows can be pruned."""
+        assert self.journal is not None
+        try:
+            for obj_id in self.journal.objects():
+                obj = self.objects.get(obj_id)
+                if obj is not None and obj.state is ObjectState.READY:
+                    await self.sync(obj_id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
+        except (PagerFailed, PageError) as exc:
+            log.warning("could not settle the return journal: %s", exc)
+        finally:
+            self._settling = False
+
+    async def replay_journal(self, size_of: Callable[[ObjectId], int | None]) -> int:
+        """Send the pager what a crash left in the journal; return how many pages.
+
+        ``size_of`` gives an object's current size (None if it no longer exists):
+        nothing past the end of a file is replayed."""
+        if self.journal is None:
+            return 0
+        pages = 0
+        for obj_id in self.journal.objects():
+            size = size_of(obj_id)
+            if size is None:
+                self.journal.prune(obj_id, self.journal.mark())
+                continue
+            obj = self.open(obj_id, size)
+            while obj.state is ObjectState.INIT_SENT:
+                await self._park(obj.ready_key)
+            ps = obj.page_size
+            end = -(-size // ps) * ps
+            for offset, data in self.journal.rows(obj_id):
+                data = data[: max(0, end - offset)]
+                if data:
+                    if offset + len(data) > size:
+                        data = data[: size - offset] + bytes(offset + len(data) - size)
+                    self.conn.inbox.send(DataReturn(obj_id, offset, data, True, False))
+                    pages += len(data) // ps
+            await self.sync(obj_id, 0, max(size, 1), VM_SYNC_SYNCHRONOUS)
+        return pages
 
     async def _invalidate(self, obj_id: ObjectId, completions: list[Message]) -> None:
         """Drop the object's pages from the Linux page cache, then send its completions.
@@ -304,11 +378,15 @@ class Kernel:
         ps = obj.page_size
         start = offset // ps * ps
         length = -(-(offset + length) // ps) * ps - start
+        whole = start == 0 and start + length >= obj.size
+        mark = self.journal.mark() if self.journal is not None and whole else 0
         while True:
             key, started = obj.begin_sync(start, length, flags)
             await self._park(key, raise_error=started)
             if started:
-                return
+                break
+        if mark and flags & VM_SYNC_SYNCHRONOUS and self.journal is not None:
+            self.journal.prune(obj_id, mark)  # the pager now holds all of it durably
 
     # --- observation -------------------------------------------------------------------------
 

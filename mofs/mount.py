@@ -21,6 +21,7 @@ from pagers import open_pager
 
 from .errors import UserError
 from .fs import Operations
+from .journal import ReturnJournal
 from .kernel import Kernel
 from .namespace import Namespace
 from .trace import Trace
@@ -74,6 +75,7 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
     pager = open_pager(config.pager_url, store)  # before the store: a bad URL creates nothing
     ns = Namespace.open(store, create=True, page_size=config.page_size)
     trace = Trace(config.trace) if config.trace else None
+    journal = ReturnJournal(store)
     try:
         kernel = Kernel(
             pager,
@@ -82,6 +84,7 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
             budget=config.cache_size,
             timeout=config.timeout,
             tracer=trace,
+            journal=journal,
         )
         ops = Operations(ns, kernel, trace)
         kernel.invalidator = ops.invalidate
@@ -102,6 +105,7 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
         finally:
             pyfuse3.close(unmount=not unmounted)
     finally:
+        journal.close()
         ns.close()
         if trace is not None:
             trace.close()
@@ -110,6 +114,9 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
 async def _run(ops: Operations, ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(ops.kernel.run)
+        replayed = await ops.kernel.replay_journal(ops.size_of)  # returns a crash left
+        if replayed:
+            log.info("replayed %d returned pages from the journal", replayed)
         for ino in ops.ns.orphans():  # open-unlinked files left by a crash
             ops.forget_orphan(ino)
         nursery.start_soon(_stop_on_signal)

@@ -1,7 +1,8 @@
 """Pagers: the managers of mofs's memory objects, and how to pick one by URL.
 
 A pager URL is ``scheme:rest``. The built-in schemes are ``sqlite:`` (pages in the
-mofs store, or in the database named by ``rest``) and ``memory:`` (anonymous memory);
+mofs store, or in the database named by ``rest``) and ``memory:`` (anonymous memory,
+precious pages swapped to a temporary SQLite file, or to ``rest`` to keep them);
 an installed package adds a scheme through the ``mofs.pagers`` entry-point group, whose
 entry point names a class called with ``rest`` as its single argument. A pager that is
 not packaged can be named directly: ``python:MODULE:CLASS`` or ``python:MODULE:CLASS:ARG``
@@ -16,11 +17,12 @@ import sys
 
 from mofs.errors import UserError
 
+from .example import DictPager as DictPager
 from .kit import Pager as Pager
 from .memory import MemoryPager as MemoryPager
 from .sqlite import SQLitePager as SQLitePager
 
-__all__ = ["MemoryPager", "Pager", "SQLitePager", "open_pager"]
+__all__ = ["DictPager", "MemoryPager", "Pager", "SQLitePager", "open_pager"]
 
 _BUILTIN = ("memory", "python", "sqlite")
 
@@ -36,9 +38,7 @@ def open_pager(url: str | None, store_path: str) -> Pager:
     if scheme == "sqlite":
         return SQLitePager(rest or store_path)
     if scheme == "memory":
-        if rest:
-            raise UserError(f"pager {url!r}: memory: takes no argument", exit_code=2)
-        return MemoryPager()
+        return MemoryPager(rest or None)
     if scheme == "python":
         return _python_pager(url, rest)
     plugins = {ep.name: ep for ep in importlib.metadata.entry_points(group="mofs.pagers")}

@@ -167,11 +167,11 @@ class Pager:
             async with trio.open_nursery() as nursery:
                 while True:
                     try:
-                        _, msg = inbox.receive_nowait()
+                        _, msg = inbox.receive_nowait(hold=True)
                     except trio.WouldBlock:
                         await self.idle()
                         try:
-                            _, msg = await inbox.receive()
+                            _, msg = await inbox.receive(hold=True)
                         except trio.EndOfChannel:
                             break
                     except trio.EndOfChannel:
@@ -183,7 +183,7 @@ class Pager:
                         queues[obj] = queue
                         previous = finished.get(obj)
                         finished[obj] = done = trio.Event()
-                        nursery.start_soon(self._work, receive, outbox, previous, done)
+                        nursery.start_soon(self._work, receive, inbox, outbox, previous, done)
                     queue.send_nowait(msg)
                     if isinstance(msg, Terminate):  # the next init starts a new worker
                         queue.close()
@@ -194,8 +194,8 @@ class Pager:
             with trio.CancelScope(shield=True):
                 await self.close()
 
-    async def _work(self, receive: trio.MemoryReceiveChannel[Message], outbox: Channel,
-                    previous: trio.Event | None, done: trio.Event) -> None:
+    async def _work(self, receive: trio.MemoryReceiveChannel[Message], inbox: Channel,
+                    outbox: Channel, previous: trio.Event | None, done: trio.Event) -> None:
         """Handle one object's messages in order (after its previous worker, O10)."""
         try:
             if previous is not None:
@@ -211,7 +211,10 @@ class Pager:
                         msg = await receive.receive()
                     except trio.EndOfChannel:
                         return
-                await self.handle(msg, outbox)
+                try:
+                    await self.handle(msg, outbox)
+                finally:
+                    inbox.release(msg)  # its page bytes leave the back-pressure count
         finally:
             done.set()
 

@@ -1,36 +1,48 @@
-"""Anonymous memory: the smallest useful pager, and the tutorial example.
+"""Anonymous memory: the default pager of Mach, for files that need no backing store.
 
-Pages the kernel returns are kept in a dict; a page never written reads as "no data",
-which the kernel turns into zeros. Nothing survives the process, which makes it the
-pager for scratch files and for tests of the kernel.
+Pages never written read as zeros. Every page is supplied *precious*: the pager keeps
+no copy, so the kernel must hand each page back (``data_return``) before dropping it,
+and mofs journals such returns until the pager holds them (decision 6). Returned pages
+go to a swap store, an SQLite database: anonymous (a temporary file, removed when the
+pager closes) or, named by ``memory:PATH``, persistent across mounts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+
+from mofs.channel import Channel
 from mofs.messages import ObjectId
 
-from .kit import Pager
+from .sqlite import SQLitePager
 
 
-class MemoryPager(Pager):
-    """Keeps every returned page in memory, keyed by object and offset."""
+class MemoryPager(SQLitePager):
+    """Zero-fill precious pages; what the kernel returns is swapped to SQLite."""
 
-    def __init__(self) -> None:
-        self.pages: dict[ObjectId, dict[int, bytes]] = {}
+    precious = True
+    silent_overwrite = False  # every page comes from the pager, so every page is precious
+
+    def __init__(self, swap: str | None = None) -> None:
+        self.anonymous = not swap
+        super().__init__(swap or "")
+
+    async def serve(self, inbox: Channel, outbox: Channel) -> None:
+        if self.anonymous:  # made only now: a pager that never serves leaves nothing behind
+            fd, self.path = tempfile.mkstemp(prefix="mofs-swap-", suffix=".sqlite")
+            os.close(fd)
+        await super().serve(inbox, outbox)
 
     async def read_page(self, obj: ObjectId, offset: int, length: int) -> bytes | None:
-        """The page last returned, or ``None`` (zero fill) if there was none."""
-        return self.pages.get(obj, {}).get(offset)
+        """The swapped-out page, or a page of zeros: always data, so always precious."""
+        page = await super().read_page(obj, offset, length)
+        return bytes(length) if page is None else page
 
-    async def write_page(self, obj: ObjectId, offset: int, data: bytes) -> None:
-        """Remember the returned page."""
-        self.pages.setdefault(obj, {})[offset] = data
-
-    async def set_size(self, obj: ObjectId, size: int) -> None:
-        """Drop pages past ``size`` and cut a partial last page (reads pad it with zeros)."""
-        pages = self.pages.get(obj, {})
-        for offset in [offset for offset in pages if offset + len(pages[offset]) > size]:
-            if offset < size:
-                pages[offset] = pages[offset][: size - offset]
-            else:
-                del pages[offset]
+    async def close(self) -> None:
+        await super().close()
+        if self.anonymous and self.path:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path + suffix)

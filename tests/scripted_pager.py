@@ -27,10 +27,10 @@ from mofs.messages import (
     LockRequest,
     ObjectId,
 )
-from pagers import MemoryPager
+from pagers import DictPager, MemoryPager
 
 
-class ScriptedPager(MemoryPager):
+class ScriptedPager(DictPager):
     def __init__(self, socket_path: str) -> None:
         super().__init__()
         self.socket_path = socket_path
@@ -85,3 +85,12 @@ class ScriptedPager(MemoryPager):
             self.refuse = cmd["errno"]
         else:
             raise ValueError(f"unknown command {op!r}")
+
+
+class SlowSwapPager(MemoryPager):
+    """The anonymous-memory pager with a slow disk: returned pages wait in its queue."""
+
+    async def write_page(self, obj: ObjectId, offset: int, data: bytes) -> None:
+        await self.idle()  # commit first: never wait with the swap transaction open
+        await trio.sleep(0.02)
+        await super().write_page(obj, offset, data)
