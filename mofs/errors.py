@@ -29,6 +29,10 @@ class PagerFailed(Exception):
     """A pager died, timed out or broke the protocol; waiting operations get EIO."""
 
 
+class PagerTimeout(PagerFailed):
+    """A pager did not answer in time; the object it was asked about is failed."""
+
+
 class PageError(Exception):
     """A pager answered ``data_error``: the read fails with ``errno``."""
 

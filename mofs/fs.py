@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
-from .errors import PageError, PagerFailed
+from .errors import PageError, PagerFailed, PagerTimeout
 from .kernel import Kernel
-from .messages import VM_SYNC_SYNCHRONOUS, ObjectId
+from .messages import VM_SYNC_ASYNCHRONOUS, VM_SYNC_SYNCHRONOUS, ObjectId
 from .namespace import Inode, Namespace
 from .trace import Trace
 
@@ -50,7 +50,9 @@ def _fuse_errors(func: F) -> F:
         except PageError as exc:
             raise pyfuse3.FUSEError(exc.errno) from None
         except PagerFailed as exc:
-            log.warning("%s: %s", func.__name__, exc)
+            # A timeout is news; a pager or object that already failed was reported then.
+            level = logging.WARNING if isinstance(exc, PagerTimeout) else logging.DEBUG
+            log.log(level, "%s: %s", func.__name__, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
@@ -309,7 +311,8 @@ class Operations(pyfuse3.Operations):
     # --- files ---------------------------------------------------------------------------
 
     def _open_handle(self, ino: int) -> pyfuse3.FileInfo:
-        self._object(ino)
+        self.kernel.open(ObjectId(ino), self.ns.get(ino).size)  # a failed one starts anew
+        self.kernel.map(ObjectId(ino))
         fh = next(self._fh)
         self.handles[fh] = ino
         self.opens[ino] += 1
@@ -355,18 +358,20 @@ class Operations(pyfuse3.Operations):
         self.ns.commit(durable=True)
         self._note("fsync", ino, "return")
 
+    @_fuse_errors
     async def flush(self, fh: int) -> None:
-        pass
+        # close(2): start writing back, as msync(MS_ASYNC) would; fsync is what waits.
+        obj_id = ObjectId(self.handles[fh])
+        if obj_id in self.kernel.objects:
+            self.kernel.sync_nowait(obj_id, VM_SYNC_ASYNCHRONOUS)
 
     @_fuse_errors
     async def release(self, fh: int) -> None:
         ino = self.handles.pop(fh)
         self.opens[ino] -= 1
+        self.kernel.unmap(ObjectId(ino))
         if self.opens[ino] <= 0:
             del self.opens[ino]
-            obj = self.kernel.objects.get(ObjectId(ino))
-            if obj is not None and not obj.may_cache:
-                self.kernel.terminate(obj.id)
             self._maybe_delete(ino)
 
     # --- extended attributes (and the control interface on the root) ----------------------
@@ -415,9 +420,12 @@ class Operations(pyfuse3.Operations):
                 await self.kernel.sync(obj.id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
         self.ns.commit(durable=True)
 
-    def invalidate(self, obj_id: ObjectId) -> None:
-        """Drop a file's pages from the Linux page cache (mappings included).
+    # --- the Linux page cache (called by the kernel in a worker thread) ------------------
 
-        Called by the kernel in a worker thread, never on the trio thread: pyfuse3 warns
-        that ``invalidate_inode`` may block."""
+    def invalidate(self, obj_id: ObjectId) -> None:
+        """Drop a file's pages from the Linux page cache, mappings included."""
         pyfuse3.invalidate_inode(pyfuse3.InodeT(obj_id), False)
+
+    def store(self, obj_id: ObjectId, offset: int, data: bytes) -> None:
+        """Put prefetched bytes into the Linux page cache (``notify_store``)."""
+        pyfuse3.notify_store(pyfuse3.InodeT(obj_id), offset, data)

@@ -15,16 +15,19 @@ queued page data) and the pager's own tasks.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
 from .cache import Cache
 from .channel import Channel
-from .errors import PageError, PagerFailed, RemoteProtocolError
+from .errors import PageError, PagerFailed, PagerTimeout, RemoteProtocolError
 from .journal import ReturnJournal
 from .memory_object import Key, MemoryObject, ObjectState, Outbox
 from .messages import (
@@ -40,7 +43,14 @@ from .messages import (
 log = logging.getLogger(__name__)
 
 Tracer = Callable[[str, int, Message], None]
-Invalidator = Callable[[ObjectId], None]
+
+
+class LinuxPageCache(Protocol):
+    """The page cache above FUSE, as the kernel reaches it (pyfuse3 notifications)."""
+
+    def invalidate(self, obj_id: ObjectId) -> None: ...
+
+    def store(self, obj_id: ObjectId, offset: int, data: bytes) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -83,7 +93,10 @@ class Kernel:
         self._tracer = tracer
         self._waiters: dict[Key, _Waiter] = {}
         self.conn = PagerConnection(pager_name, pager, self._count)
-        self.invalidator: Invalidator | None = None
+        self.linux: LinuxPageCache | None = None
+        # Notifications for the Linux page cache run one at a time, in order, in a thread.
+        self._notices, self._notices_out = trio.open_memory_channel[
+            tuple[Callable[[], None], list[Message]]](math.inf)
         # Page data queued for the pager beyond this makes writers wait for it to catch up.
         self.max_queued = max(page_size, min(budget // 2, 64 << 20))
         self._nursery: trio.Nursery | None = None
@@ -105,6 +118,7 @@ class Kernel:
             self._nursery = nursery
             nursery.start_soon(self._serve_pager)
             nursery.start_soon(self._receive_loop)
+            nursery.start_soon(self._notify_linux)
             task_status.started()
 
     async def _serve_pager(self) -> None:
@@ -133,12 +147,17 @@ class Kernel:
             if obj is None:
                 log.debug("dropping %s for unknown object %s", msg.name(), msg.object)
                 continue
-            if isinstance(msg, DataSupply) and msg.precious:
-                self._precious.add(msg.object)
+            prefetched = []
+            if isinstance(msg, DataSupply):
+                if msg.precious:
+                    self._precious.add(msg.object)
+                prefetched = self._prefetched(obj, msg)
             try:
                 obj.receive(msg)
             except RemoteProtocolError as exc:
                 self.pager_failed(f"broke the protocol with {msg.name()}: {exc}")
+            else:
+                self._store_prefetched(obj, prefetched)
             self._flush()
 
     def pager_failed(self, why: str) -> None:
@@ -191,14 +210,15 @@ class Kernel:
             if self.conn.failure is None:
                 for msg in messages:
                     if (isinstance(msg, LockCompleted) and msg.object in flushed
-                            and self.invalidator is not None and self._nursery is not None):
+                            and self.linux is not None):
                         held.append(msg)
                     else:
                         self.conn.inbox.send(msg)
-            for obj_id in flushed:
-                if self.invalidator is not None and self._nursery is not None:
+            if self.linux is not None:
+                for obj_id in flushed:
                     done = [m for m in held if m.object == obj_id]
-                    self._nursery.start_soon(self._invalidate, obj_id, done)
+                    self._notices.send_nowait(
+                        (functools.partial(self.linux.invalidate, obj_id), done))
             wakeups, out.wakeups = out.wakeups, []
             for key, error in wakeups:
                 waiter = self._waiters.pop(key, None)
@@ -252,7 +272,7 @@ class Kernel:
                 continue
             obj = self.open(obj_id, size)
             while obj.state is ObjectState.INIT_SENT:
-                await self._park(obj.ready_key)
+                await self._park(obj.ready_key, obj)
             ps = obj.page_size
             end = -(-size // ps) * ps
             for offset, data in self.journal.rows(obj_id):
@@ -265,22 +285,42 @@ class Kernel:
             await self.sync(obj_id, 0, max(size, 1), VM_SYNC_SYNCHRONOUS)
         return pages
 
-    async def _invalidate(self, obj_id: ObjectId, completions: list[Message]) -> None:
-        """Drop the object's pages from the Linux page cache, then send its completions.
+    async def _notify_linux(self) -> None:
+        """Run page-cache notifications in order, each in a thread, then send what waited.
 
-        Runs in a thread: pyfuse3 warns that invalidation may block, and it must never
-        run inside the FUSE request that caused it."""
-        assert self.invalidator is not None
-        try:
-            await trio.to_thread.run_sync(self.invalidator, obj_id)
-        except OSError as exc:  # the kernel may not know the inode (never looked up)
-            log.debug("invalidating object %s: %s", obj_id, exc)
-        if self.conn.failure is None:
-            for msg in completions:
-                self.conn.inbox.send(msg)
+        pyfuse3 warns that invalidation may block, and it must never run inside the FUSE
+        request that caused it: a thread keeps the trio loop serving requests meanwhile."""
+        async for notify, completions in self._notices_out:
+            try:
+                await trio.to_thread.run_sync(notify)
+            except OSError as exc:  # the kernel may not know the inode (never looked up)
+                log.debug("page-cache notification failed: %s", exc)
+            if self.conn.failure is None:
+                for msg in completions:
+                    self.conn.inbox.send(msg)
 
-    async def _park(self, key: Key, *, raise_error: bool = True) -> None:
-        """Send what is queued, then wait until ``key`` is woken (or the pager times out)."""
+    def _prefetched(self, obj: MemoryObject, msg: DataSupply) -> list[tuple[int, int]]:
+        """Pages of a supply that nobody asked for: they go to the Linux page cache too."""
+        ps = obj.page_size
+        first = msg.offset // ps
+        return [(index, index * ps) for index in range(first, first + len(msg.data) // ps)
+                if index not in obj.pages and index * ps < obj.size]
+
+    def _store_prefetched(self, obj: MemoryObject, pages: list[tuple[int, int]]) -> None:
+        if self.linux is None:
+            return
+        for index, offset in pages:
+            page = obj.pages.get(index)
+            if page is not None and page.data is not None:
+                data = bytes(page.data[: max(0, min(obj.page_size, obj.size - offset))])
+                self._notices.send_nowait(
+                    (functools.partial(self.linux.store, obj.id, offset, data), []))
+
+    async def _park(self, key: Key, obj: MemoryObject, *, raise_error: bool = True) -> None:
+        """Send what is queued, then wait until ``key`` is woken.
+
+        A pager that does not answer within the timeout fails the object (its waiters get
+        EIO, its dirty pages are kept; the next open starts a new incarnation)."""
         waiter = self._waiters.get(key)
         if waiter is None:
             waiter = self._waiters[key] = _Waiter()
@@ -288,7 +328,11 @@ class Kernel:
         with trio.move_on_after(self.timeout) as scope:
             await waiter.event.wait()
         if scope.cancelled_caught:
-            raise PagerFailed(f"pager {self.conn.name} did not answer within {self.timeout:g} s")
+            if obj.state is not ObjectState.DEAD:
+                obj.fail()
+                self._flush()
+            raise PagerTimeout(f"pager {self.conn.name} did not answer within {self.timeout:g} s"
+                              f" (object {obj.id})")
         if waiter.error and raise_error:
             raise PageError(waiter.error)
 
@@ -302,17 +346,42 @@ class Kernel:
     # --- objects -----------------------------------------------------------------------------
 
     def open(self, obj_id: ObjectId, size: int) -> MemoryObject:
-        """The cache's object for ``obj_id``, sending ``init`` the first time."""
-        obj = self.objects.get(obj_id)
-        if obj is None or obj.state in (ObjectState.TERMINATED, ObjectState.DESTROYED):
-            obj = MemoryObject(obj_id, self.page_size, self.cache, self.out, size)
-            self.objects[obj_id] = obj
-            if self.conn.failure is not None:
-                obj.fail()
-            else:
-                obj.start()
-            self._flush()
+        """The cache's object for ``obj_id``, sending ``init`` the first time.
+
+        An object whose pager failed is replaced by a new incarnation that adopts the
+        dirty and precious pages the old one kept, so they reach the pager again."""
+        old = self.objects.get(obj_id)
+        if old is not None and old.state in (ObjectState.READY, ObjectState.INIT_SENT):
+            return old
+        if old is not None and old.state is ObjectState.DEAD and self.conn.failure is not None:
+            return old  # the pager itself is gone: nothing to start again
+        obj = MemoryObject(obj_id, self.page_size, self.cache, self.out, size)
+        self.objects[obj_id] = obj
+        if self.conn.failure is not None:
+            obj.fail()
+        else:
+            obj.start()
+            if old is not None:
+                obj.mapped = old.mapped
+                if old.state is ObjectState.DEAD:
+                    obj.adopt(old)
+        self._flush()
         return obj
+
+    def map(self, obj_id: ObjectId) -> None:
+        """An open file starts using the object."""
+        self.objects[obj_id].map()
+
+    def unmap(self, obj_id: ObjectId) -> None:
+        """An open file is closed; the last close terminates an object the pager did not
+        allow to be cached."""
+        obj = self.objects.get(obj_id)
+        if obj is None or obj.mapped == 0:
+            return
+        obj.unmap()
+        self._flush()
+        if obj.state is ObjectState.TERMINATED:
+            del self.objects[obj_id]
 
     def _usable(self, obj_id: ObjectId) -> MemoryObject:
         obj = self.objects.get(obj_id)
@@ -342,12 +411,12 @@ class Kernel:
         ps = obj.page_size
         first, last = offset // ps, (end - 1) // ps
         while obj.state is ObjectState.INIT_SENT:
-            await self._park(obj.ready_key)
+            await self._park(obj.ready_key, obj)
         obj.request(first, last - first + 1, VM_PROT_READ)  # ask for the whole range at once
         parts = []
         for index in range(first, last + 1):
             while (key := obj.fault(index, VM_PROT_READ)) is not None:
-                await self._park(key)
+                await self._park(key, obj)
             data = obj.page_data(index)
             base = index * ps
             lo, hi = max(offset, base) - base, min(end, base + ps) - base
@@ -366,7 +435,7 @@ class Kernel:
             index, start = divmod(offset + pos, ps)
             n = min(ps - start, len(view) - pos)
             while (key := obj.write(index, start, view[pos : pos + n])) is not None:
-                await self._park(key)
+                await self._park(key, obj)
             pos += n
         self._flush()
         return obj.size
@@ -382,11 +451,25 @@ class Kernel:
         mark = self.journal.mark() if self.journal is not None and whole else 0
         while True:
             key, started = obj.begin_sync(start, length, flags)
-            await self._park(key, raise_error=started)
+            await self._park(key, obj, raise_error=started)
             if started:
                 break
         if mark and flags & VM_SYNC_SYNCHRONOUS and self.journal is not None:
             self.journal.prune(obj_id, mark)  # the pager now holds all of it durably
+
+    def sync_nowait(self, obj_id: ObjectId, flags: int) -> bool:
+        """Start writing back an object's dirty pages without waiting (close, MS_ASYNC).
+
+        Returns False when there was nothing to do or an earlier synchronize of the object
+        is still outstanding (that one will carry the data)."""
+        obj = self._usable(obj_id)
+        if obj.state is not ObjectState.READY or not any(
+                p.dirty for p in obj.pages.values()):
+            return False
+        ps = obj.page_size
+        _, started = obj.begin_sync(0, max(-(-obj.size // ps) * ps, ps), flags)
+        self._flush()
+        return started
 
     # --- observation -------------------------------------------------------------------------
 

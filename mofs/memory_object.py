@@ -1,12 +1,13 @@
 """The kernel side of one memory object, as a pure engine with no I/O.
 
 Calls come in from the file system (:meth:`fault`, :meth:`write`, :meth:`begin_sync`,
-:meth:`set_size`, :meth:`terminate`) and from the pager (:meth:`receive`). Each call
-changes state synchronously and appends what must happen next to the shared
-:class:`Outbox`: messages to send, waiters to wake (with an errno, 0 for success) and
-Linux page-cache ranges to invalidate. It never awaits, logs or touches a file; the trio
-edge (``mofs.kernel``) drains the outbox after every call. Because nothing here awaits,
-every method is atomic with respect to every other.
+:meth:`set_size`, :meth:`map`, :meth:`unmap`, :meth:`terminate`), from the edge when the
+pager fails (:meth:`fail`, then :meth:`adopt` on the restarted pager's object) and from
+the pager (:meth:`receive`). Each call changes state synchronously and appends what must
+happen next to the shared :class:`Outbox`: messages to send, waiters to wake (with an
+errno, 0 for success) and Linux page-cache ranges to invalidate. It never awaits, logs or
+touches a file; the trio edge (``mofs.kernel``) drains the outbox after every call.
+Because nothing here awaits, every method is atomic with respect to every other.
 
 A caller that gets a wait key back parks until that key is woken, then calls again:
 the page may have been evicted or locked in between, and the second call sorts that
@@ -22,9 +23,11 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 from .cache import Cache
-from .errors import PagerFailed, RemoteProtocolError
+from .errors import LocalProtocolError, PagerFailed, RemoteProtocolError
 from .messages import (
     MEMORY_OBJECT_COPY_CALL,
+    MEMORY_OBJECT_COPY_DELAY,
+    MEMORY_OBJECT_COPY_NONE,
     MEMORY_OBJECT_COPY_TEMPORARY,
     MEMORY_OBJECT_RETURN_ALL,
     MEMORY_OBJECT_RETURN_ANYTHING,
@@ -61,6 +64,8 @@ from .pages import Page, PageEvent, PageState
 KERN_SUCCESS = 0
 KERN_MEMORY_PRESENT = 23
 RETURN_RUN_PAGES = 32  # pages per data_return at most, as GNU Mach batches them
+# Copy strategies mofs accepts (decision 9); COPY_CALL and the kernel-only ones are refused.
+COPY_STRATEGIES = (MEMORY_OBJECT_COPY_NONE, MEMORY_OBJECT_COPY_DELAY, MEMORY_OBJECT_COPY_TEMPORARY)
 
 Key = Hashable
 
@@ -125,6 +130,7 @@ class MemoryObject:
         self.silent_overwrite = False
         self.syncs: list[_Sync] = []
         self.ready_key: Key = ("ready", object_id)
+        self.mapped = 0  # open files (mappings) using the object; 0 = only cached
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -148,12 +154,39 @@ class MemoryObject:
             raise PagerFailed(f"memory object {self.id} is {self.state.value}")
         return None
 
+    def map(self) -> None:
+        """A user (an open file) starts using the object."""
+        self.mapped += 1
+
+    def unmap(self) -> None:
+        """A user stops using the object. The last one terminates it unless the pager
+        allowed caching (``may_cache``): an uncached object lives only while mapped."""
+        if self.mapped <= 0:
+            raise LocalProtocolError(f"memory object {self.id} unmapped more often than mapped")
+        self.mapped -= 1
+        if self.mapped == 0 and not self.may_cache and self.state is ObjectState.READY:
+            self.terminate()
+
+    @property
+    def requested(self) -> int:
+        """Pages asked for with ``data_request`` and not answered yet."""
+        return sum(p.state is PageState.REQUESTED for p in self.pages.values())
+
     def terminate(self) -> None:
-        """Return dirty and precious pages (O6), drop everything, send ``terminate``."""
+        """Return dirty and precious pages (O6), drop everything, send ``terminate``.
+
+        Unlike GNU Mach, which waits for outstanding paging, mofs terminates at once: waiters
+        on requested pages, on ``ready`` and on an outstanding synchronize get EIO, and the
+        pager's late answers are ignored. A temporary object returns nothing."""
         if self.state in (ObjectState.TERMINATED, ObjectState.DESTROYED):
             return
         temporary = self.copy_strategy == MEMORY_OBJECT_COPY_TEMPORARY
         alive = self.state in (ObjectState.READY, ObjectState.INIT_SENT)
+        if self.state is ObjectState.INIT_SENT:
+            self.out.wake(self.ready_key, errno.EIO)
+        for sync in self.syncs:  # no synchronize_completed can arrive after terminate
+            self._finish_sync(sync, errno.EIO)
+        self.syncs.clear()
         returns = []
         for index in sorted(self.pages):
             page = self.pages[index]
@@ -170,16 +203,49 @@ class MemoryObject:
         self.state = ObjectState.TERMINATED
 
     def fail(self) -> None:
-        """The pager is gone: fail every waiter with EIO; keep resident data."""
+        """The pager is gone: fail every waiter with EIO and keep only what would be lost.
+
+        Requested pages become absent; clean non-precious pages are dropped (a dead pager
+        can no longer invalidate them, and its restarted successor is the authority on
+        their content); dirty and precious pages, including those of a failed
+        synchronize, are kept for :meth:`adopt` but leave the cache budget, so eviction can
+        never drop them or return them to a dead pager. Every later call raises
+        PagerFailed; pager messages are ignored."""
+        if self.state in (ObjectState.TERMINATED, ObjectState.DESTROYED, ObjectState.DEAD):
+            return
         self.state = ObjectState.DEAD
         self.out.wake(self.ready_key, errno.EIO)
+        for sync in self.syncs:
+            self._finish_sync(sync, errno.EIO)  # the pages become dirty again
+        self.syncs.clear()
         for index, page in list(self.pages.items()):
             if page.state is PageState.REQUESTED:
                 self._drop(index, page, PageEvent.ABANDON)
+            elif not page.must_return:
+                self._drop(index, page, PageEvent.EVICT)
+            else:
+                self.cache.remove(self.id, index)
             self.out.wake(self.page_key(index), errno.EIO)
-        for sync in self.syncs:
-            self._finish_sync(sync, errno.EIO)
-        self.syncs.clear()
+
+    def adopt(self, dead: MemoryObject) -> None:
+        """Take over the dirty and precious pages a failed incarnation of this object kept.
+
+        Call right after :meth:`start` against the restarted pager. The pages become
+        resident here, unlocked and still dirty (or precious), so the next synchronize,
+        eviction or terminate returns them to the new pager: nothing written is lost."""
+        if dead.state is not ObjectState.DEAD or dead is self:
+            raise LocalProtocolError("only a failed memory object can be adopted")
+        if (dead.id, dead.page_size) != (self.id, self.page_size):
+            raise LocalProtocolError("adopted pages must be of the same object and page size")
+        if self.pages or self.state not in (ObjectState.INIT_SENT, ObjectState.READY):
+            raise LocalProtocolError("adopt before the new object holds any page")
+        for index in sorted(dead.pages):
+            page = dead.pages.pop(index)
+            if page.state is not PageState.RESIDENT:
+                continue
+            page.lock = page.unlock_requested = page.cleaning = 0
+            self.pages[index] = page
+            self.cache.insert(self, self.id, index, self.page_size)
 
     # --- faults and writes ---------------------------------------------------------------
 
@@ -341,6 +407,10 @@ class MemoryObject:
             raise RemoteProtocolError(f"{type(msg).__name__} is not a pager-to-kernel message")
         if self.state in (ObjectState.TERMINATED, ObjectState.DESTROYED, ObjectState.UNINIT):
             return  # late answers for a finished object are harmless
+        if self.state is ObjectState.INIT_SENT and type(msg) not in _ANSWERS_TO_INIT:
+            # The pager answers init before anything else (FIFO, O2), so this was sent to
+            # an earlier incarnation of the object, before the pager saw its terminate.
+            return
         handler(self, msg)
 
     def _range(self, offset: int, length: int, what: str) -> range:
@@ -352,8 +422,13 @@ class MemoryObject:
         return range(offset // ps, (offset + length) // ps)
 
     def _on_ready(self, msg: Ready | ChangeAttributes) -> None:
-        if msg.copy_strategy == MEMORY_OBJECT_COPY_CALL:
-            raise RemoteProtocolError("copy strategy MEMORY_OBJECT_COPY_CALL is not supported")
+        if msg.copy_strategy not in COPY_STRATEGIES:
+            name = {MEMORY_OBJECT_COPY_CALL: "MEMORY_OBJECT_COPY_CALL"}.get(
+                msg.copy_strategy, str(msg.copy_strategy)
+            )
+            raise RemoteProtocolError(
+                f"copy strategy {name} is not supported (only NONE, DELAY and TEMPORARY)"
+            )
         self.may_cache = msg.may_cache
         self.copy_strategy = msg.copy_strategy
         if isinstance(msg, Ready):
@@ -362,16 +437,20 @@ class MemoryObject:
         if self.state is ObjectState.INIT_SENT:
             self.state = ObjectState.READY
             self.out.wake(self.ready_key)
-        if isinstance(msg, ChangeAttributes) and msg.reply:
-            self.out.send(ChangeCompleted(self.id, msg.may_cache, msg.copy_strategy))
+        if isinstance(msg, ChangeAttributes):
+            if not msg.may_cache and self.mapped == 0:
+                self.terminate()  # an unmapped object may no longer be cached
+            if msg.reply:  # after the terminate it caused (O9)
+                self.out.send(ChangeCompleted(self.id, msg.may_cache, msg.copy_strategy))
 
     def _on_supply(self, msg: DataSupply) -> None:
         ps = self.page_size
         if msg.offset % ps:
             raise RemoteProtocolError(f"data_supply at offset {msg.offset} is not page-aligned")
         data = memoryview(msg.data)
+        whole = len(data) // ps * ps  # a trailing fragment is discarded silently (O12)
         error_offset = None
-        for k, index in enumerate(self._range(msg.offset, len(data) // ps * ps, "data_supply")):
+        for k, index in enumerate(self._range(msg.offset, whole, "data_supply")):
             chunk = data[k * ps : (k + 1) * ps]
             page = self.pages.get(index)
             if page is None or page.state is PageState.REQUESTED:
@@ -387,9 +466,7 @@ class MemoryObject:
                     self.out.send(DataReturn(self.id, index * ps, bytes(chunk), False, False))
         if msg.reply:
             result = KERN_SUCCESS if error_offset is None else KERN_MEMORY_PRESENT
-            self.out.send(
-                SupplyCompleted(self.id, msg.offset, len(data), result, error_offset or 0)
-            )
+            self.out.send(SupplyCompleted(self.id, msg.offset, whole, result, error_offset or 0))
 
     def _on_unavailable(self, msg: DataUnavailable) -> None:
         for index in self._range(msg.offset, msg.length, "data_unavailable"):
@@ -506,6 +583,8 @@ class MemoryObject:
             "locked": sum(bool(p.lock) for p in resident),
         }
 
+
+_ANSWERS_TO_INIT = (Ready, ChangeAttributes, Destroy)
 
 _HANDLERS = {
     Ready: MemoryObject._on_ready,

@@ -87,7 +87,7 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
             journal=journal,
         )
         ops = Operations(ns, kernel, trace)
-        kernel.invalidator = ops.invalidate
+        kernel.linux = ops
         fsname = store if "," not in store else "mofs"  # commas would split the option
         options = set(pyfuse3.default_options) | {f"fsname={fsname}", "subtype=mofs"}
         if os.getuid() == 0:

@@ -5,6 +5,10 @@ connects to SOCKET and sends JSON lines. Each command is answered with ``ok``:
 
 - ``{"op": "set", "object": N, "offset": O, "data": "text"}`` changes a page behind the
   kernel's back, then invalidates it with ``lock_request(RETURN_NONE, flush)``;
+- ``{"op": "flush", "object": N, "offset": O, "length": L}`` flushes without changing;
+- ``{"op": "offer", "object": N, "offset": O, "length": L}`` supplies pages unasked
+  (prefetch, as libpager's ``pager_offer_page``);
+- ``{"op": "garbage", "object": N}`` breaks the protocol (a misaligned supply);
 - ``{"op": "hang", "object": N}`` makes every later read of object N wait forever;
 - ``{"op": "write_lock", "on": true}`` supplies pages write-locked (``data_unlock`` on
   the first write);
@@ -24,7 +28,9 @@ from mofs.messages import (
     VM_PROT_NO_CHANGE,
     VM_PROT_NONE,
     VM_PROT_WRITE,
+    DataSupply,
     LockRequest,
+    Message,
     ObjectId,
 )
 from pagers import DictPager, MemoryPager
@@ -68,6 +74,10 @@ class ScriptedPager(DictPager):
                     self._do(json.loads(line))
                     await stream.send_all(b"ok\n")
 
+    def _send(self, msg: Message) -> None:
+        assert self.outbox is not None
+        self.outbox.send(msg)
+
     def _do(self, cmd: dict) -> None:
         op = cmd["op"]
         if op == "set":
@@ -77,6 +87,18 @@ class ScriptedPager(DictPager):
             assert self.outbox is not None
             self.outbox.send(LockRequest(obj, offset, size, MEMORY_OBJECT_RETURN_NONE, True,
                                          VM_PROT_NO_CHANGE, True))
+        elif op == "flush":
+            self._send(LockRequest(ObjectId(cmd["object"]), cmd["offset"], cmd["length"],
+                                   MEMORY_OBJECT_RETURN_NONE, True, VM_PROT_NO_CHANGE, True))
+        elif op == "offer":
+            obj = ObjectId(cmd["object"])
+            size = self.page_size(obj)
+            pages = self.pages.get(obj, {})
+            data = b"".join(pages.get(o, bytes(size)).ljust(size, b"\0")
+                            for o in range(cmd["offset"], cmd["offset"] + cmd["length"], size))
+            self._send(DataSupply(obj, cmd["offset"], data, VM_PROT_NONE, False))
+        elif op == "garbage":
+            self._send(DataSupply(ObjectId(cmd["object"]), 1, b"x" * 100))
         elif op == "hang":
             self.hung.add(cmd["object"])
         elif op == "write_lock":

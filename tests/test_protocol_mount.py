@@ -139,3 +139,40 @@ def test_a_refused_unlock_fails_the_write_with_the_pagers_errno(scripted):
                     "    print(e.errno)\n", str(f))
     assert done.stdout.strip() == str(errno.ENOSPC)
     assert f.read_bytes()[:2] == b"b\0"  # readers are unaffected
+
+
+def test_unsolicited_supply_is_prefetched_into_both_caches(scripted):
+    m, control = scripted()
+    f = m.path / "f"
+    data = os.urandom(4 * PS)
+    f.write_bytes(data)
+    ino = os.stat(f).st_ino
+    m.python("import os,sys; fd=os.open(sys.argv[1], os.O_RDWR); os.fsync(fd)", str(f))
+    control(op="flush", object=ino, offset=0, length=4 * PS)
+    wait_for(lambda: any(t["msg"] == "lock_completed" for t in m.trace_lines()), "flush")
+    assert cached_pages(m, f) == 0
+    mark = len(m.trace_lines())
+    control(op="offer", object=ino, offset=0, length=2 * PS)
+    wait_for(lambda: cached_pages(m, f) >= 2 * PS // 4096, "notify_store")
+    assert f.read_bytes() == data
+    later = [t for t in m.trace_lines()[mark:] if t["msg"] == "data_request"]
+    assert later and all(t["offset"] >= 2 * PS for t in later), later
+
+
+def cached_pages(m, path) -> int:
+    """Pages of ``path`` in the Linux page cache, as fincore (mincore) sees them."""
+    out = m.run(["fincore", "--bytes", "--noheadings", "--output", "PAGES", str(path)])
+    return int(out.stdout.split()[0])
+
+
+def test_a_pager_that_breaks_the_protocol_is_marked_failed_and_readers_get_eio(scripted):
+    m, control = scripted()
+    m.expected_log += [r"pager .* failed: broke the protocol with data_supply", r"EIO|did not"]
+    m.run(["truncate", "-s", "1M", str(m.path / "f")])
+    control(op="garbage", object=os.stat(m.path / "f").st_ino)
+    wait_for(lambda: "broke the protocol" in m.log.read_text(), "the log line")
+    done = m.run(["cat", str(m.path / "f")], check=False)
+    assert done.returncode != 0 and "Input/output error" in done.stderr
+    failures = [line for line in m.log.read_text().splitlines() if "broke the protocol" in line]
+    assert len(failures) == 1 and "data_supply" in failures[0]
+    assert m.stat()["pager_failure"]
