@@ -370,12 +370,15 @@ class MemoryObject:
         ps = self.page_size
         first, end = offset // ps, -(-(offset + length) // ps)
         invalidate = bool(flags & VM_SYNC_INVALIDATE)
+        # The manual page: SYNCHRONOUS and ASYNCHRONOUS write dirty and precious pages
+        # back; INVALIDATE alone flushes the range and returns only precious pages.
+        write_back = bool(flags & (VM_SYNC_SYNCHRONOUS | VM_SYNC_ASYNCHRONOUS))
         returns, cleaned = [], []
         for index in sorted(i for i in self.pages if first <= i < end):
             page = self.pages[index]
             if page.state is not PageState.RESIDENT:
                 continue
-            if page.dirty or page.precious:
+            if page.precious or (page.dirty and write_back):
                 returns.append((index, page, page.dirty))
                 page.dirty = False
                 if not invalidate:

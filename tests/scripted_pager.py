@@ -9,6 +9,8 @@ connects to SOCKET and sends JSON lines. Each command is answered with ``ok``:
 - ``{"op": "offer", "object": N, "offset": O, "length": L}`` supplies pages unasked
   (prefetch, as libpager's ``pager_offer_page``);
 - ``{"op": "garbage", "object": N}`` breaks the protocol (a misaligned supply);
+- ``{"op": "fail_reads", "object": N, "errno": E}`` answers reads with data_error(E)
+  (0 stops);
 - ``{"op": "hang", "object": N}`` makes every later read of object N wait forever;
 - ``{"op": "write_lock", "on": true}`` supplies pages write-locked (``data_unlock`` on
   the first write);
@@ -42,11 +44,14 @@ class ScriptedPager(DictPager):
         self.socket_path = socket_path
         self.hung: set[int] = set()
         self.refuse = 0
+        self.failing: dict[int, int] = {}
         self.outbox: Channel | None = None
 
     async def read_page(self, obj: ObjectId, offset: int, length: int) -> bytes | None:
         if obj in self.hung:
             await trio.sleep_forever()
+        if self.failing.get(obj):
+            raise OSError(self.failing[obj], os.strerror(self.failing[obj]))
         return await super().read_page(obj, offset, length)
 
     async def unlock_page(self, obj: ObjectId, offset: int, length: int) -> None:
@@ -99,6 +104,8 @@ class ScriptedPager(DictPager):
             self._send(DataSupply(obj, cmd["offset"], data, VM_PROT_NONE, False))
         elif op == "garbage":
             self._send(DataSupply(ObjectId(cmd["object"]), 1, b"x" * 100))
+        elif op == "fail_reads":
+            self.failing[cmd["object"]] = cmd["errno"]
         elif op == "hang":
             self.hung.add(cmd["object"])
         elif op == "write_lock":

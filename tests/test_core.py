@@ -410,7 +410,8 @@ def test_write_back_error_keeps_the_page_dirty_and_protects_it_from_silent_evict
     assert obj.pages[0].dirty
 
 
-def test_edge_18_invalidate_empties_the_range_and_returns_dirty_and_precious() -> None:
+def test_edge_18_invalidate_alone_flushes_and_returns_only_precious_pages() -> None:
+    """The manual page (seeds) wins over PROTOCOL.md 5.3: dirty data is discarded."""
     obj, out = make()
     resident(obj, 0)
     resident(obj, 1, precious=True)
@@ -419,9 +420,23 @@ def test_edge_18_invalidate_empties_the_range_and_returns_dirty_and_precious() -
     take(out)
     obj.begin_sync(0, 3 * PS, VM_SYNC_INVALIDATE)
     msgs = take(out)
-    assert [(type(m), getattr(m, "dirty", None)) for m in msgs] == [
-        (DataReturn, True), (DataReturn, False), (Synchronize, None)]
-    assert all(not m.kernel_copy for m in msgs[:2]) and obj.pages == {}
+    assert msgs == [DataReturn(OBJ, PS, b"\x01" * PS, False, False),
+                    Synchronize(OBJ, 0, 3 * PS, VM_SYNC_INVALIDATE)]
+    assert obj.pages == {}
+
+
+def test_edge_18_synchronous_invalidate_writes_back_dirty_and_precious_then_flushes() -> None:
+    obj, out = make()
+    resident(obj, 0)
+    resident(obj, 1, precious=True)
+    obj.write(0, 0, b"d")
+    take(out)
+    obj.begin_sync(0, 2 * PS, VM_SYNC_SYNCHRONOUS | VM_SYNC_INVALIDATE)
+    msgs = take(out)
+    assert [(type(m), getattr(m, "dirty", None), getattr(m, "kernel_copy", None))
+            for m in msgs] == [(DataReturn, True, False), (DataReturn, False, False),
+                               (Synchronize, None, None)]
+    assert obj.pages == {}
 
 
 # --- size, failure ------------------------------------------------------------------------------

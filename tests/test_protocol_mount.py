@@ -63,7 +63,7 @@ def wait_for(predicate, what: str, timeout: float = 10):
     return result
 
 
-def test_lock_request_flush_reaches_cat_and_an_existing_mmap_view(scripted):
+def test_edge_14_lock_request_flush_reaches_cat_and_an_existing_mmap_view(scripted):
     m, control = scripted()
     f = m.path / "f"
     f.write_bytes(b"old!" * (PS // 4) * 2)
@@ -90,7 +90,7 @@ def test_lock_request_flush_reaches_cat_and_an_existing_mmap_view(scripted):
     assert refetch and refetch[0]["offset"] == 0
 
 
-def test_a_pager_that_never_answers_fails_the_read_with_eio_and_others_go_on(scripted):
+def test_edge_24_a_pager_that_never_answers_fails_the_read_with_eio_and_others_go_on(scripted):
     m, control = scripted("--pager-timeout", "2")
     m.expected_log += [r"did not answer", r"could not write back"]
     for name in ("slow", "fine"):
@@ -105,7 +105,7 @@ def test_a_pager_that_never_answers_fails_the_read_with_eio_and_others_go_on(scr
     assert (m.path / "new").read_text() == "still usable"
 
 
-def test_write_to_a_write_locked_page_asks_data_unlock_once_and_waits_for_grant(scripted):
+def test_edge_07_write_to_a_write_locked_page_asks_data_unlock_once_and_waits_for_grant(scripted):
     m, control = scripted()
     f = m.path / "f"
     f.write_bytes(b"a" * PS)
@@ -124,7 +124,7 @@ def test_write_to_a_write_locked_page_asks_data_unlock_once_and_waits_for_grant(
     assert "lock_request" in names[unlock:]
 
 
-def test_a_refused_unlock_fails_the_write_with_the_pagers_errno(scripted):
+def test_edge_08_a_refused_unlock_fails_the_write_with_the_pagers_errno(scripted):
     m, control = scripted()
     f = m.path / "f"
     f.write_bytes(b"a" * PS)
@@ -141,7 +141,7 @@ def test_a_refused_unlock_fails_the_write_with_the_pagers_errno(scripted):
     assert f.read_bytes()[:2] == b"b\0"  # readers are unaffected
 
 
-def test_unsolicited_supply_is_prefetched_into_both_caches(scripted):
+def test_edge_03_unsolicited_supply_is_prefetched_into_both_caches(scripted):
     m, control = scripted()
     f = m.path / "f"
     data = os.urandom(4 * PS)
@@ -165,7 +165,7 @@ def cached_pages(m, path) -> int:
     return int(out.stdout.split()[0])
 
 
-def test_a_pager_that_breaks_the_protocol_is_marked_failed_and_readers_get_eio(scripted):
+def test_edge_23_a_pager_that_breaks_the_protocol_is_marked_failed_and_readers_get_eio(scripted):
     m, control = scripted()
     m.expected_log += [r"pager .* failed: broke the protocol with data_supply", r"EIO|did not"]
     m.run(["truncate", "-s", "1M", str(m.path / "f")])
@@ -176,3 +176,16 @@ def test_a_pager_that_breaks_the_protocol_is_marked_failed_and_readers_get_eio(s
     failures = [line for line in m.log.read_text().splitlines() if "broke the protocol" in line]
     assert len(failures) == 1 and "data_supply" in failures[0]
     assert m.stat()["pager_failure"]
+
+
+def test_edge_05_data_error_reason_is_the_readers_errno_and_a_retry_works(scripted):
+    m, control = scripted()
+    m.run(["truncate", "-s", "256K", str(m.path / "f")])
+    ino = os.stat(m.path / "f").st_ino
+    control(op="fail_reads", object=ino, errno=errno.ENOSPC)
+    done = m.python("import os,sys\nfd=os.open(sys.argv[1], os.O_RDONLY)\n"
+                    "try:\n    os.pread(fd, 10, 0)\nexcept OSError as e:\n    print(e.errno)",
+                    str(m.path / "f"))
+    assert done.stdout.strip() == str(errno.ENOSPC)
+    control(op="fail_reads", object=ino, errno=0)  # a transient error: the next read asks again
+    assert (m.path / "f").read_bytes() == bytes(256 * 1024)
