@@ -11,6 +11,7 @@ connects to SOCKET and sends JSON lines. Each command is answered with ``ok``:
 - ``{"op": "garbage", "object": N}`` breaks the protocol (a misaligned supply);
 - ``{"op": "fail_reads", "object": N, "errno": E}`` answers reads with data_error(E)
   (0 stops);
+- ``{"op": "fail_writes", "errno": E}`` fails every returned page with E (0 stops);
 - ``{"op": "hang", "object": N}`` makes every later read of object N wait forever;
 - ``{"op": "write_lock", "on": true}`` supplies pages write-locked (``data_unlock`` on
   the first write);
@@ -45,6 +46,7 @@ class ScriptedPager(DictPager):
         self.hung: set[int] = set()
         self.refuse = 0
         self.failing: dict[int, int] = {}
+        self.write_errno = 0
         self.outbox: Channel | None = None
 
     async def read_page(self, obj: ObjectId, offset: int, length: int) -> bytes | None:
@@ -53,6 +55,11 @@ class ScriptedPager(DictPager):
         if self.failing.get(obj):
             raise OSError(self.failing[obj], os.strerror(self.failing[obj]))
         return await super().read_page(obj, offset, length)
+
+    async def write_page(self, obj: ObjectId, offset: int, data: bytes) -> None:
+        if self.write_errno:
+            raise OSError(self.write_errno, os.strerror(self.write_errno))
+        await super().write_page(obj, offset, data)
 
     async def unlock_page(self, obj: ObjectId, offset: int, length: int) -> None:
         if self.refuse:
@@ -104,6 +111,8 @@ class ScriptedPager(DictPager):
             self._send(DataSupply(obj, cmd["offset"], data, VM_PROT_NONE, False))
         elif op == "garbage":
             self._send(DataSupply(ObjectId(cmd["object"]), 1, b"x" * 100))
+        elif op == "fail_writes":
+            self.write_errno = cmd["errno"]
         elif op == "fail_reads":
             self.failing[cmd["object"]] = cmd["errno"]
         elif op == "hang":

@@ -11,6 +11,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import needs_fuse
@@ -189,3 +190,31 @@ def test_edge_05_data_error_reason_is_the_readers_errno_and_a_retry_works(script
     assert done.stdout.strip() == str(errno.ENOSPC)
     control(op="fail_reads", object=ino, errno=0)  # a transient error: the next read asks again
     assert (m.path / "f").read_bytes() == bytes(256 * 1024)
+
+
+FSYNC_ERRNO = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+os.pwrite(fd, b"keep me" * 1000, 0)
+try:
+    os.fsync(fd)
+    print(0)
+except OSError as e:
+    print(e.errno)
+"""
+
+
+def test_edge_17_write_back_failure_fails_fsync_with_the_errno_and_keeps_the_data(scripted):
+    m, control = scripted()
+    f = str(m.path / "f")
+    control(op="fail_writes", errno=errno.ENOSPC)
+    assert m.python(FSYNC_ERRNO, f).stdout.strip() == str(errno.ENOSPC)
+    control(op="fail_writes", errno=0)
+    assert m.python("import os,sys; fd=os.open(sys.argv[1], os.O_RDWR); os.fsync(fd)", f)
+    ino = os.stat(f).st_ino
+    # The data stayed dirty and went out again: flush the cache, read it from the pager.
+    control(op="flush", object=ino, offset=0, length=PS)
+    wait_for(lambda: any(t["msg"] == "lock_completed" for t in m.trace_lines()), "flush")
+    assert Path(f).read_bytes() == b"keep me" * 1000
+    completions = [t for t in m.trace_lines() if t["msg"] == "synchronize_completed"]
+    assert [t["error"] for t in completions][:1] == [errno.ENOSPC]
