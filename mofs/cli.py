@@ -1,4 +1,4 @@
-"""The ``mofs`` command: mount, umount, stat.
+"""The ``mofs`` command: mount, umount, stat, trace.
 
 Every failure the user can cause ends in one line on stderr and a documented exit code
 (docs/cli.md); tracebacks go to the daemon's log, never to the terminal.
@@ -7,11 +7,13 @@ Every failure the user can cause ends in one line on stderr and a documented exi
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import re
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -74,7 +76,35 @@ def _parser() -> argparse.ArgumentParser:
                        "count of each protocol message.")
     s.add_argument("mountpoint", metavar="MOUNTPOINT")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+
+    t = sub.add_parser(
+        "trace", help="follow the protocol messages of a mount as they happen",
+        description="Print the protocol messages of the mount at MOUNTPOINT as the daemon "
+        "sends them: one JSON object per line, as in the file of 'mofs mount --trace', with "
+        "the file-system calls that bracket a dialogue as \"dir\": \"fuse\" lines. Runs until "
+        "interrupted (Ctrl-C), until --count lines are printed, or until --timeout seconds "
+        "pass (counted from the start); a line on stderr says when it is connected. The "
+        "filters combine: a line is printed if it matches one --path and one --msg.",
+        epilog="The daemon never waits for a slow reader: lines that do not fit in its buffer "
+        "are dropped, and a {\"dir\": \"meta\", \"msg\": \"dropped\", \"count\": N} line says so "
+        "(it does not count for --count).")
+    t.add_argument("mountpoint", metavar="MOUNTPOINT")
+    t.add_argument("--path", metavar="FILE", action="append",
+                   help="only messages about FILE, a file on the mount (repeatable)")
+    t.add_argument("--msg", metavar="NAME", action="append",
+                   help="only messages named NAME, e.g. data_request (or "
+                   "memory_object_data_request), data_return or fsync (repeatable)")
+    t.add_argument("--count", metavar="N", type=_positive_int,
+                   help="exit after printing N lines")
+    t.add_argument("--timeout", metavar="SECONDS", type=float,
+                   help="exit after SECONDS seconds")
     return p
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,12 +115,17 @@ def main(argv: list[str] | None = None) -> int:
             return _mount(args)
         if args.command == "umount":
             return _umount(args)
+        if args.command == "trace":
+            return _trace(args)
         return _stat(args)
     except UserError as exc:
         print(f"mofs: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mofs stat | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 # --- mount ------------------------------------------------------------------------------
@@ -107,23 +142,30 @@ def _mount(args: argparse.Namespace) -> int:
                          cache_size=args.cache_size, page_size=args.page_size,
                          timeout=args.pager_timeout, trace=args.trace)
 
+    ready_fd = [args.ready_fd] if args.ready_fd is not None else []
+
+    def report(line: str) -> None:
+        """Tell a waiting ``mofs mount`` how it went, once; the pipe closes after."""
+        if ready_fd:
+            fd = ready_fd.pop()
+            try:
+                os.write(fd, f"{line}\n".encode())
+            finally:
+                os.close(fd)
+
     def ready(message: str) -> None:
         print(f"mofs: {message}", flush=True)
-        if args.ready_fd is not None:
-            os.write(args.ready_fd, f"ok {message}\n".encode())
-            os.close(args.ready_fd)
+        report(f"ok {message}")
 
     try:
         serve(config, ready)
     except UserError as exc:
-        if args.ready_fd is not None:
-            os.write(args.ready_fd, f"error {exc.exit_code} {exc}\n".encode())
+        report(f"error {exc.exit_code} {exc}")
         raise
     except Exception as exc:
         logging.getLogger("mofs").exception("daemon failed")
         message = f"internal error: {type(exc).__name__}: {exc}"
-        if args.ready_fd is not None:
-            os.write(args.ready_fd, f"error 1 {message}\n".encode())
+        report(f"error 1 {message}")
         raise UserError(message) from None
     return 0
 
@@ -252,3 +294,109 @@ def _stat(args: argparse.Namespace) -> int:
     for name, count in stats["messages"].items():  # type: ignore[union-attr]
         print(f"  {name:<22} {count}")
     return 0
+
+
+# --- trace ---------------------------------------------------------------------------------
+
+HANDSHAKE_TIMEOUT = 30.0
+
+
+def _trace(args: argparse.Namespace) -> int:
+    try:
+        return _follow(args)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # the reader of our output went away, e.g. `| head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _follow(args: argparse.Namespace) -> int:
+    mnt = _mofs_mount(args.mountpoint)
+    objects = sorted({_object_of(path, mnt) for path in args.path}) if args.path else None
+    msgs = sorted({m.removeprefix("memory_object_") for m in args.msg}) if args.msg else None
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    with _connect_control(mnt) as sock:
+        sock.sendall(json.dumps({"objects": objects, "msgs": msgs}).encode() + b"\n")
+        reader = _LineReader(sock, mnt)
+        handshake = time.monotonic() + HANDSHAKE_TIMEOUT
+        hello = reader.readline(handshake if deadline is None else min(deadline, handshake))
+        if hello is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                return 0
+            raise UserError(f"the daemon of {mnt} does not answer", EXIT_MOUNTPOINT)
+        first = json.loads(hello)
+        if first.get("msg") == "error":
+            raise UserError(f"the daemon of {mnt} refused to trace: {first.get('error')}")
+        print(f"mofs: tracing {mnt} (daemon pid {first.get('pid')})", file=sys.stderr,
+              flush=True)
+        printed = 0
+        while args.count is None or printed < args.count:
+            line = reader.readline(deadline)
+            if line is None:
+                return 0
+            print(line, flush=True)
+            if json.loads(line).get("dir") != "meta":
+                printed += 1
+    return 0
+
+
+def _object_of(path: str, mnt: str) -> int:
+    """The memory object of a file: its inode number (on the mount, not elsewhere)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UserError(f"{path}: {exc.strerror}", EXIT_USAGE) from None
+    if st.st_dev != os.stat(mnt).st_dev:
+        raise UserError(f"{path} is not on the mount {mnt}", EXIT_USAGE)
+    return st.st_ino
+
+
+def _connect_control(mnt: str) -> socket.socket:
+    from .control import socket_paths
+
+    why = "it has no control socket"
+    for path in socket_paths(mnt):
+        if not os.path.exists(path):
+            continue
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError as exc:
+            sock.close()
+            why = f"{path}: {exc.strerror}"
+    raise UserError(f"cannot reach the daemon of {mnt}: {why}", EXIT_MOUNTPOINT)
+
+
+class _LineReader:
+    """Lines from the control socket, each read waiting at most until a deadline."""
+
+    def __init__(self, sock: socket.socket, mnt: str) -> None:
+        self._sock = sock
+        self._mnt = mnt
+        self._buf = b""
+
+    def readline(self, deadline: float | None) -> str | None:
+        """The next line without its newline, or None once ``deadline`` has passed."""
+        while b"\n" not in self._buf:
+            if deadline is None:
+                self._sock.settimeout(None)
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._sock.settimeout(remaining)
+            try:
+                chunk = self._sock.recv(1 << 16)
+            except TimeoutError:
+                return None
+            except OSError as exc:
+                chunk = b""
+                if exc.errno != errno.ECONNRESET:
+                    raise UserError(f"lost the daemon of {self._mnt}: {exc.strerror}") from None
+            if not chunk:
+                raise UserError(f"the daemon of {self._mnt} stopped (unmounted)")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()

@@ -27,13 +27,14 @@ from .errors import PageError, PagerFailed, PagerTimeout
 from .kernel import Kernel
 from .messages import VM_SYNC_ASYNCHRONOUS, VM_SYNC_SYNCHRONOUS, ObjectId
 from .namespace import Inode, Namespace
-from .trace import Trace
+from .trace import TraceSink
 
 log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT = 1.0
 NAME_MAX = 255
 CONTROL_PREFIX = b"user.mofs."  # reserved xattr names on the root: the control interface
+PAGER_XATTR = b"user.mofs.pager"  # on a directory: the pager of files created below it
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -78,7 +79,7 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, ns: Namespace, kernel: Kernel, trace: Trace | None = None) -> None:
+    def __init__(self, ns: Namespace, kernel: Kernel, trace: TraceSink | None = None) -> None:
         super().__init__()
         self.ns = ns
         self.kernel = kernel
@@ -124,14 +125,24 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EEXIST)
         inode = self.ns.make_inode(mode, ctx.uid, ctx.gid, rdev=rdev, target=target)
         self.ns.link(parent, name, inode.ino)
+        pager = self._pager_of(parent)  # inherited by files and directories made below
+        if pager is not None and (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            self.ns.setxattr(inode.ino, PAGER_XATTR, pager.encode())
         self.lookups[inode.ino] += 1
         return self.ns.get(inode.ino)
+
+    def _pager_of(self, ino: int) -> str | None:
+        """The URL of the pager an inode was created with (None: the mount's default)."""
+        try:
+            return self.ns.getxattr(ino, PAGER_XATTR).decode()
+        except KeyError:
+            return None
 
     def _object(self, ino: int) -> ObjectId:
         """The memory object of a regular file, started if the cache does not hold it."""
         obj_id = ObjectId(ino)
         if obj_id not in self.kernel.objects:
-            self.kernel.open(obj_id, self.ns.get(ino).size)
+            self.kernel.open(obj_id, self.ns.get(ino).size, self._pager_of(ino))
         return obj_id
 
     def _maybe_delete(self, ino: int) -> None:
@@ -150,10 +161,10 @@ class Operations(pyfuse3.Operations):
         self.lookups.pop(ino, None)
         self.opens.pop(ino, None)
 
-    def size_of(self, obj_id: ObjectId) -> int | None:
-        """The size of a file, or None if it no longer exists (for journal replay)."""
+    def file_of(self, obj_id: ObjectId) -> tuple[int, str | None] | None:
+        """A file's size and pager, or None if it no longer exists (for journal replay)."""
         try:
-            return self.ns.get(obj_id).size
+            return self.ns.get(obj_id).size, self._pager_of(obj_id)
         except KeyError:
             return None
 
@@ -311,7 +322,8 @@ class Operations(pyfuse3.Operations):
     # --- files ---------------------------------------------------------------------------
 
     def _open_handle(self, ino: int) -> pyfuse3.FileInfo:
-        self.kernel.open(ObjectId(ino), self.ns.get(ino).size)  # a failed one starts anew
+        # (a failed object starts anew here)
+        self.kernel.open(ObjectId(ino), self.ns.get(ino).size, self._pager_of(ino))
         self.kernel.map(ObjectId(ino))
         fh = next(self._fh)
         self.handles[fh] = ino
@@ -386,6 +398,8 @@ class Operations(pyfuse3.Operations):
         try:
             return self.ns.getxattr(inode, name)
         except KeyError:
+            if name == PAGER_XATTR and stat.S_ISREG(self.ns.get(inode).mode):
+                return self.kernel.conn.name.encode()  # which pager backs the file
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
 
     @_fuse_errors
@@ -394,9 +408,22 @@ class Operations(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE and name == CONTROL_PREFIX + b"sync":
             await self.sync_all()
             return
+        if name == PAGER_XATTR:
+            self._check_pager(inode, value)
         self.ns.get(inode)
         self.ns.setxattr(inode, name, value)
         self.ns.set_attrs(inode, ctime_ns=time.time_ns())
+
+    def _check_pager(self, inode: int, value: bytes) -> None:
+        """Only directories choose a pager (a file keeps the one it was created with),
+        and only one that can be opened."""
+        if not stat.S_ISDIR(self.ns.get(inode).mode):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        try:
+            self.kernel.connect(value.decode())
+        except Exception as exc:
+            log.warning("%s on inode %d: %s", PAGER_XATTR.decode(), inode, exc)
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
 
     @_fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:

@@ -7,9 +7,9 @@ key until the pager's answer wakes it, or until the pager timeout fails it with
 :class:`~mofs.errors.PagerFailed` (EIO at the FUSE edge; never a hang).
 
 Checkpoints (see docs/internals.md): state changes only inside the core's synchronous
-methods, so the only places where other tasks can interleave are the ``await``s here:
-``_park`` (waiting for a pager answer), ``_backpressure`` (waiting for the pager to read
-queued page data) and the pager's own tasks.
+methods, so other tasks interleave only at the ``await``s here: ``_park`` (waiting for a
+pager answer), ``_backpressure`` (waiting for a pager to read queued page data), the
+notifier thread hand-off in ``_notify_linux``, and the pagers' own tasks.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Protocol
 import trio
 
 from .cache import Cache
-from .channel import Channel
+from .connection import PagerConnection, Tracer
 from .errors import PageError, PagerFailed, PagerTimeout, RemoteProtocolError
 from .journal import ReturnJournal
 from .memory_object import Key, MemoryObject, ObjectState, Outbox
@@ -42,7 +42,6 @@ from .messages import (
 
 log = logging.getLogger(__name__)
 
-Tracer = Callable[[str, int, Message], None]
 
 
 class LinuxPageCache(Protocol):
@@ -59,17 +58,6 @@ class _Waiter:
     error: int = 0
 
 
-class PagerConnection:
-    """One pager and the two ordered channels that connect the kernel to it."""
-
-    def __init__(self, name: str, pager: object, count: Tracer) -> None:
-        self.name = name
-        self.pager = pager
-        self.inbox = Channel(trace=lambda seqno, msg: count("to_pager", seqno, msg))
-        self.outbox = Channel(trace=lambda seqno, msg: count("to_kernel", seqno, msg))
-        self.failure: str | None = None
-
-
 class Kernel:
     """The VM cache of one mount: memory objects, their pager, waits and the budget."""
 
@@ -83,6 +71,7 @@ class Kernel:
         timeout: float = 30.0,
         tracer: Tracer | None = None,
         journal: ReturnJournal | None = None,
+        pager_factory: Callable[[str], object] | None = None,
     ) -> None:
         self.page_size = page_size
         self.timeout = timeout
@@ -92,7 +81,10 @@ class Kernel:
         self.messages: Counter[str] = Counter()
         self._tracer = tracer
         self._waiters: dict[Key, _Waiter] = {}
-        self.conn = PagerConnection(pager_name, pager, self._count)
+        self.conn = PagerConnection(pager_name, pager, self._count)  # the default pager
+        self.pagers: dict[str, PagerConnection] = {pager_name: self.conn}
+        self.route: dict[ObjectId, PagerConnection] = {}  # objects not here use the default
+        self.pager_factory = pager_factory
         self.linux: LinuxPageCache | None = None
         # Notifications for the Linux page cache run one at a time, in order, in a thread.
         self._notices, self._notices_out = trio.open_memory_channel[
@@ -100,12 +92,8 @@ class Kernel:
         # Page data queued for the pager beyond this makes writers wait for it to catch up.
         self.max_queued = max(page_size, min(budget // 2, 64 << 20))
         self._nursery: trio.Nursery | None = None
-        self._pager_done = trio.Event()
         self.journal = journal
         self._precious: set[ObjectId] = set()  # objects whose pager supplied precious pages
-        # A pager that declares itself precious (the kit's attribute) keeps no copy of any
-        # page, so every return of every object it serves is journaled.
-        self._journal_all = bool(getattr(pager, "precious", False))
         self._settling = False
         # Journaled bytes beyond this make the kernel synchronize objects to prune it.
         self.max_journal = max(budget, 64 << 20)
@@ -113,38 +101,54 @@ class Kernel:
     # --- running ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve the pager connection until :meth:`shutdown` closes it."""
+        """Serve the pager connections until :meth:`shutdown` closes them."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._serve_pager)
-            nursery.start_soon(self._receive_loop)
+            self._start(self.conn)
             nursery.start_soon(self._notify_linux)
             task_status.started()
 
-    async def _serve_pager(self) -> None:
-        conn = self.conn
+    def _start(self, conn: PagerConnection) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._serve_pager, conn)
+        self._nursery.start_soon(self._receive_loop, conn)
+
+    def connect(self, url: str) -> PagerConnection:
+        """The connection to the pager named by ``url``, opened on first use.
+
+        Raises whatever the pager factory raises for a bad URL (a UserError)."""
+        conn = self.pagers.get(url)
+        if conn is None:
+            if self.pager_factory is None or self._nursery is None:
+                raise ValueError(f"cannot open pager {url!r} here")
+            conn = PagerConnection(url, self.pager_factory(url), self._count)
+            self.pagers[url] = conn
+            self._start(conn)
+        return conn
+
+    def _conn(self, obj_id: ObjectId) -> PagerConnection:
+        return self.route.get(obj_id, self.conn)
+
+    async def _serve_pager(self, conn: PagerConnection) -> None:
         try:
             await conn.pager.serve(conn.inbox, conn.outbox)  # type: ignore[attr-defined]
         except Exception as exc:  # a pager bug must not take the mount down
-            self.pager_failed(f"raised {type(exc).__name__}: {exc}")
+            self.pager_failed(conn, f"raised {type(exc).__name__}: {exc}")
         else:
-            if conn.failure is None and not self._closing():
-                self.pager_failed("stopped serving")
+            if conn.failure is None and not conn.inbox.closed:
+                self.pager_failed(conn, "stopped serving")
         finally:
             conn.outbox.close()
-            self._pager_done.set()
+            conn.done.set()
 
-    def _closing(self) -> bool:
-        return self.conn.inbox.closed
-
-    async def _receive_loop(self) -> None:
+    async def _receive_loop(self, conn: PagerConnection) -> None:
         while True:
             try:
-                _, msg = await self.conn.outbox.receive()
+                _, msg = await conn.outbox.receive()
             except trio.EndOfChannel:
                 return
             obj = self.objects.get(msg.object)
-            if obj is None:
+            if obj is None or self._conn(msg.object) is not conn:
                 log.debug("dropping %s for unknown object %s", msg.name(), msg.object)
                 continue
             prefetched = []
@@ -155,19 +159,20 @@ class Kernel:
             try:
                 obj.receive(msg)
             except RemoteProtocolError as exc:
-                self.pager_failed(f"broke the protocol with {msg.name()}: {exc}")
+                self.pager_failed(conn, f"broke the protocol with {msg.name()}: {exc}")
             else:
                 self._store_prefetched(obj, prefetched)
             self._flush()
 
-    def pager_failed(self, why: str) -> None:
-        """Mark the pager failed: one log line, every waiter gets EIO, dirty data is kept."""
-        if self.conn.failure is not None:
+    def pager_failed(self, conn: PagerConnection, why: str) -> None:
+        """Mark a pager failed: one log line, its waiters get EIO, dirty data is kept."""
+        if conn.failure is not None:
             return
-        self.conn.failure = why
-        log.error("pager %s failed: %s", self.conn.name, why)
+        conn.failure = why
+        log.error("pager %s failed: %s", conn.name, why)
         for obj in self.objects.values():
-            obj.fail()
+            if self._conn(obj.id) is conn:
+                obj.fail()
         self._flush()
 
     async def shutdown(self) -> None:
@@ -180,9 +185,11 @@ class Kernel:
                 except (PagerFailed, PageError) as exc:
                     log.error("could not write back object %s on shutdown: %s", obj_id, exc)
             self.terminate(obj_id)
-        self.conn.inbox.close()
+        for conn in self.pagers.values():
+            conn.inbox.close()
         with trio.move_on_after(self.timeout):
-            await self._pager_done.wait()
+            for conn in self.pagers.values():
+                await conn.done.wait()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -201,19 +208,18 @@ class Kernel:
         back until the invalidation, run in a thread, has finished."""
         out = self.out
         self.cache.reclaim()
-        while out.messages or out.wakeups:
+        while out.messages or out.wakeups or out.invalidations:
             flushed = {obj_id for obj_id, _, _ in out.invalidations}
             out.invalidations.clear()
             messages, out.messages = out.messages, []
             held = []
             self._journal(messages)
-            if self.conn.failure is None:
-                for msg in messages:
-                    if (isinstance(msg, LockCompleted) and msg.object in flushed
-                            and self.linux is not None):
-                        held.append(msg)
-                    else:
-                        self.conn.inbox.send(msg)
+            for msg in messages:
+                if (isinstance(msg, LockCompleted) and msg.object in flushed
+                        and self.linux is not None):
+                    held.append(msg)
+                else:
+                    self._conn(msg.object).send(msg)
             if self.linux is not None:
                 for obj_id in flushed:
                     done = [m for m in held if m.object == obj_id]
@@ -228,10 +234,10 @@ class Kernel:
 
     def _journal(self, messages: list[Message]) -> None:
         """Commit the returns of precious objects to the journal before they are sent."""
-        if self.journal is None or not (self._precious or self._journal_all):
+        if self.journal is None:
             return
         returns = [m for m in messages if isinstance(m, DataReturn)
-                   and (self._journal_all or m.object in self._precious)]
+                   and (m.object in self._precious or self._conn(m.object).precious)]
         if not returns:
             return
         try:
@@ -257,20 +263,22 @@ class Kernel:
         finally:
             self._settling = False
 
-    async def replay_journal(self, size_of: Callable[[ObjectId], int | None]) -> int:
-        """Send the pager what a crash left in the journal; return how many pages.
+    async def replay_journal(
+            self, file_of: Callable[[ObjectId], tuple[int, str | None] | None]) -> int:
+        """Send the pagers what a crash left in the journal; return how many pages.
 
-        ``size_of`` gives an object's current size (None if it no longer exists):
-        nothing past the end of a file is replayed."""
+        ``file_of`` gives an object's current size and pager URL (None if it no longer
+        exists): nothing past the end of a file is replayed."""
         if self.journal is None:
             return 0
         pages = 0
         for obj_id in self.journal.objects():
-            size = size_of(obj_id)
-            if size is None:
+            found = file_of(obj_id)
+            if found is None:
                 self.journal.prune(obj_id, self.journal.mark())
                 continue
-            obj = self.open(obj_id, size)
+            size, url = found
+            obj = self.open(obj_id, size, url)
             while obj.state is ObjectState.INIT_SENT:
                 await self._park(obj.ready_key, obj)
             ps = obj.page_size
@@ -280,7 +288,7 @@ class Kernel:
                 if data:
                     if offset + len(data) > size:
                         data = data[: size - offset] + bytes(offset + len(data) - size)
-                    self.conn.inbox.send(DataReturn(obj_id, offset, data, True, False))
+                    self._conn(obj_id).send(DataReturn(obj_id, offset, data, True, False))
                     pages += len(data) // ps
             await self.sync(obj_id, 0, max(size, 1), VM_SYNC_SYNCHRONOUS)
         return pages
@@ -295,9 +303,8 @@ class Kernel:
                 await trio.to_thread.run_sync(notify)
             except OSError as exc:  # the kernel may not know the inode (never looked up)
                 log.debug("page-cache notification failed: %s", exc)
-            if self.conn.failure is None:
-                for msg in completions:
-                    self.conn.inbox.send(msg)
+            for msg in completions:
+                self._conn(msg.object).send(msg)
 
     def _prefetched(self, obj: MemoryObject, msg: DataSupply) -> list[tuple[int, int]]:
         """Pages of a supply that nobody asked for: they go to the Linux page cache too."""
@@ -331,33 +338,40 @@ class Kernel:
             if obj.state is not ObjectState.DEAD:
                 obj.fail()
                 self._flush()
-            raise PagerTimeout(f"pager {self.conn.name} did not answer within {self.timeout:g} s"
-                              f" (object {obj.id})")
+            raise PagerTimeout(f"pager {self._conn(obj.id).name} did not answer within "
+                               f"{self.timeout:g} s (object {obj.id})")
         if waiter.error and raise_error:
             raise PageError(waiter.error)
 
-    async def _backpressure(self) -> None:
-        if self.conn.inbox.queued_bytes > self.max_queued:
+    async def _backpressure(self, conn: PagerConnection) -> None:
+        if conn.inbox.queued_bytes > self.max_queued:
             with trio.move_on_after(self.timeout) as scope:
-                await self.conn.inbox.wait_drained(self.max_queued)
+                await conn.inbox.wait_drained(self.max_queued)
             if scope.cancelled_caught:
-                raise PagerFailed(f"pager {self.conn.name} stopped reading its messages")
+                raise PagerTimeout(f"pager {conn.name} read none of its queued messages "
+                                   f"within {self.timeout:g} s")
 
     # --- objects -----------------------------------------------------------------------------
 
-    def open(self, obj_id: ObjectId, size: int) -> MemoryObject:
-        """The cache's object for ``obj_id``, sending ``init`` the first time.
+    def open(self, obj_id: ObjectId, size: int, pager: str | None = None) -> MemoryObject:
+        """The cache's object for ``obj_id``, sending ``init`` to its pager the first time.
 
-        An object whose pager failed is replaced by a new incarnation that adopts the
-        dirty and precious pages the old one kept, so they reach the pager again."""
+        ``pager`` names the object's pager by URL (None: the mount's default). An object
+        whose pager failed is replaced by a new incarnation that adopts the dirty and
+        precious pages the old one kept, so they reach the pager again."""
         old = self.objects.get(obj_id)
         if old is not None and old.state in (ObjectState.READY, ObjectState.INIT_SENT):
             return old
-        if old is not None and old.state is ObjectState.DEAD and self.conn.failure is not None:
+        conn = self.conn if pager is None else self.connect(pager)
+        if old is not None and old.state is ObjectState.DEAD and conn.failure is not None:
             return old  # the pager itself is gone: nothing to start again
         obj = MemoryObject(obj_id, self.page_size, self.cache, self.out, size)
         self.objects[obj_id] = obj
-        if self.conn.failure is not None:
+        if conn is self.conn:
+            self.route.pop(obj_id, None)
+        else:
+            self.route[obj_id] = conn
+        if conn.failure is not None:
             obj.fail()
         else:
             obj.start()
@@ -382,12 +396,13 @@ class Kernel:
         self._flush()
         if obj.state is ObjectState.TERMINATED:
             del self.objects[obj_id]
+            self.route.pop(obj_id, None)
 
     def _usable(self, obj_id: ObjectId) -> MemoryObject:
         obj = self.objects.get(obj_id)
         if obj is None:
             raise KeyError(f"memory object {obj_id} is not open")
-        if self.conn.failure is not None and obj.state is not ObjectState.DEAD:
+        if self._conn(obj_id).failure is not None and obj.state is not ObjectState.DEAD:
             obj.fail()
         return obj
 
@@ -397,6 +412,7 @@ class Kernel:
         if obj is not None:
             obj.terminate()
             self._flush()
+            self.route.pop(obj_id, None)
 
     def set_size(self, obj_id: ObjectId, size: int) -> None:
         self._usable(obj_id).set_size(size)
@@ -427,7 +443,7 @@ class Kernel:
     async def write(self, obj_id: ObjectId, offset: int, data: bytes | memoryview) -> int:
         """Write ``data`` at ``offset`` into the cache (dirty pages); return the new size."""
         obj = self._usable(obj_id)
-        await self._backpressure()
+        await self._backpressure(self._conn(obj_id))
         view = memoryview(data)
         ps = obj.page_size
         pos = 0
@@ -461,7 +477,7 @@ class Kernel:
         """Start writing back an object's dirty pages without waiting (close, MS_ASYNC).
 
         Returns False when there was nothing to do or an earlier synchronize of the object
-        is still outstanding (that one will carry the data)."""
+        is still outstanding; the pages stay dirty then, for the next write-back."""
         obj = self._usable(obj_id)
         if obj.state is not ObjectState.READY or not any(
                 p.dirty for p in obj.pages.values()):
@@ -489,9 +505,11 @@ class Kernel:
             "dirty_bytes": totals["dirty"] * ps,
             "precious_bytes": totals["precious"] * ps,
             "locked_pages": totals["locked"],
-            "queued_to_pager_bytes": self.conn.inbox.queued_bytes,
+            "queued_to_pager_bytes": sum(c.inbox.queued_bytes for c in self.pagers.values()),
             "pager": self.conn.name,
             "pager_failure": self.conn.failure,
+            "pagers": {url: {"objects": sum(self._conn(o) is c for o in self.objects),
+                             "failure": c.failure} for url, c in self.pagers.items()},
             "messages": dict(sorted(self.messages.items())),
         }
 

@@ -19,12 +19,13 @@ import trio
 
 from pagers import open_pager
 
+from .control import Broadcast, ControlServer
 from .errors import UserError
 from .fs import Operations
 from .journal import ReturnJournal
 from .kernel import Kernel
 from .namespace import Namespace
-from .trace import Trace
+from .trace import Tee, Trace
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,38 @@ def check_mountpoint(path: str) -> str:
     return real
 
 
+MIN_CACHE_PAGES = 16  # a reader must find its page still resident when it wakes
+
+
+def check_sizes(config: MountConfig) -> None:
+    """Page size a power of two of at least 4 KiB; a cache of at least a few pages."""
+    ps = config.page_size
+    if ps < 4096 or ps & (ps - 1):
+        raise UserError(f"--page-size {ps} is not a power of two of at least 4096", 2)
+    if config.cache_size < MIN_CACHE_PAGES * ps:
+        raise UserError(f"--cache-size must hold at least {MIN_CACHE_PAGES} pages "
+                        f"({MIN_CACHE_PAGES * ps // 1024} KiB with {ps // 1024} KiB pages)", 2)
+
+
 def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
     """Mount, call ``on_ready`` with a one-line description, serve until unmounted."""
+    check_sizes(config)
     mountpoint = check_mountpoint(config.mountpoint)
     store = os.path.abspath(config.store)
     if store.startswith(mountpoint + os.sep):
-        raise UserError(f"the store {config.store} must not live inside the mountpoint")
+        raise UserError(f"the store {config.store} must not live inside the mountpoint",
+                        EXIT_MOUNTPOINT)
     pager = open_pager(config.pager_url, store)  # before the store: a bad URL creates nothing
     ns = Namespace.open(store, create=True, page_size=config.page_size)
-    trace = Trace(config.trace) if config.trace else None
+    if config.cache_size < MIN_CACHE_PAGES * ns.page_size:  # the store's page size rules
+        ns.close()
+        raise UserError(f"--cache-size must hold at least {MIN_CACHE_PAGES} pages of this "
+                        f"store ({MIN_CACHE_PAGES * ns.page_size // 1024} KiB)", 2)
+    trace_file = Trace(config.trace) if config.trace else None
+    broadcast = Broadcast()  # to `mofs trace` clients
+    trace = Tee(trace_file, broadcast) if trace_file is not None else broadcast
     journal = ReturnJournal(store)
+    control: ControlServer | None = None
     try:
         kernel = Kernel(
             pager,
@@ -85,10 +108,12 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
             timeout=config.timeout,
             tracer=trace,
             journal=journal,
+            pager_factory=lambda url: open_pager(url, store),
         )
         ops = Operations(ns, kernel, trace)
         kernel.linux = ops
         fsname = store if "," not in store else "mofs"  # commas would split the option
+        control = ControlServer(mountpoint, broadcast)  # before the mount appears
         options = set(pyfuse3.default_options) | {f"fsname={fsname}", "subtype=mofs"}
         if os.getuid() == 0:
             options.add("allow_other")
@@ -100,21 +125,23 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
         message = f"mounted {config.store} on {mountpoint} ({how}, pager {kernel.conn.name})"
         unmounted = False
         try:
-            trio.run(_run, ops, lambda: on_ready(message))
+            trio.run(_run, ops, control, lambda: on_ready(message))
             unmounted = not os.path.ismount(mountpoint)
         finally:
             pyfuse3.close(unmount=not unmounted)
     finally:
+        if control is not None:
+            control.close()
         journal.close()
         ns.close()
-        if trace is not None:
-            trace.close()
+        trace.close()
 
 
-async def _run(ops: Operations, ready: Callable[[], None]) -> None:
+async def _run(ops: Operations, control: ControlServer, ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(ops.kernel.run)
-        replayed = await ops.kernel.replay_journal(ops.size_of)  # returns a crash left
+        await nursery.start(control.serve)  # until the end: clients see the write-back too
+        replayed = await ops.kernel.replay_journal(ops.file_of)  # returns a crash left
         if replayed:
             log.info("replayed %d returned pages from the journal", replayed)
         for ino in ops.ns.orphans():  # open-unlinked files left by a crash

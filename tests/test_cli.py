@@ -155,3 +155,14 @@ def test_unknown_pager(detached, tmp_path):
     (tmp_path / "m").mkdir()
     one_line_error(detached(str(tmp_path / "s"), str(tmp_path / "m"), "--pager", "nosuch:x"),
                    "nosuch")
+
+
+@pytest.mark.parametrize("option, words", [
+    (("--page-size", "1000"), ("power of two",)),
+    (("--cache-size", "64K"), ("at least 16 pages",)),
+])
+def test_sizes_that_cannot_work_are_refused(detached, tmp_path, option, words):
+    (tmp_path / "m").mkdir()
+    done = detached(str(tmp_path / "s"), str(tmp_path / "m"), *option)
+    one_line_error(done, *words)
+    assert done.returncode == 2 and not (tmp_path / "s").exists()

@@ -29,9 +29,19 @@ class Control:
 
     def __call__(self, **cmd: object) -> None:
         if self.sock is None:
-            self.sock = socket.socket(socket.AF_UNIX)
-            self.sock.settimeout(10)
-            self.sock.connect(self.path)
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(10)
+            deadline = time.monotonic() + 10
+            while True:  # the pager binds its socket only once it is serving
+                try:
+                    sock.connect(self.path)
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    if time.monotonic() > deadline:
+                        sock.close()
+                        raise
+                    time.sleep(0.01)
+            self.sock = sock
         self.sock.sendall(json.dumps(cmd).encode() + b"\n")
         assert self.sock.recv(16) == b"ok\n"
 
