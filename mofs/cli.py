@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
     m.add_argument("--pager", metavar="URL", default=None,
                    help="pager serving file contents: sqlite: (default, the store itself), "
-                   "sqlite:PATH, memory: (anonymous memory)")
+                   "sqlite:PATH, memory:[SWAP], dir:PATH, fsspec+PROTO://..., "
+                   "python:MODULE:CLASS[:ARG], or an installed plug-in's scheme "
+                   "(see 'mofs pagers')")
     m.add_argument("--cache-size", metavar="SIZE", type=parse_size, default=256 << 20,
                    help="memory budget for cached pages (default 256M)")
     m.add_argument("--page-size", metavar="SIZE", type=parse_size, default=64 << 10,
@@ -98,6 +100,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="exit after printing N lines")
     t.add_argument("--timeout", metavar="SECONDS", type=float,
                    help="exit after SECONDS seconds")
+    sub.add_parser("pagers", help="list the pager URL schemes this mofs can use",
+                   description="The built-in pager schemes and the plug-ins installed under "
+                   "the 'mofs.pagers' entry-point group.")
+    c = sub.add_parser("pager-check", help="check that a pager keeps the protocol's promises",
+                       description="Drive the pager named by URL through the conformance "
+                       "suite (pagers/conformance.py) and report each guarantee; exit 1 at the "
+                       "first broken one, naming it.")
+    c.add_argument("url", metavar="URL")
+    c.add_argument("--store", metavar="STORE",
+                   help="store file for sqlite: (default: a temporary one)")
+    c.add_argument("--persistent", action=argparse.BooleanOptionalAction, default=None,
+                   help="also check that data survives a new pager on the same store "
+                   "(default: inferred for built-in pagers)")
+    c.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
+                   help="how long one answer may take (default 10)")
     return p
 
 
@@ -117,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             return _umount(args)
         if args.command == "trace":
             return _trace(args)
+        if args.command == "pagers":
+            return _pagers()
+        if args.command == "pager-check":
+            return _pager_check(args)
         return _stat(args)
     except UserError as exc:
         print(f"mofs: {exc}", file=sys.stderr)
@@ -400,3 +421,34 @@ class _LineReader:
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
         return line.decode()
+
+
+# --- pagers -----------------------------------------------------------------------------
+
+
+def _pagers() -> int:
+    from pagers import installed_pagers
+
+    for _, description in installed_pagers():
+        print(description)
+    return 0
+
+
+def _pager_check(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from pagers.conformance import GUARANTEES, PagerCheckFailed, check_pager_url
+
+    with tempfile.TemporaryDirectory(prefix="mofs-check-") as scratch:
+        store = args.store or os.path.join(scratch, "check.mofs")
+        try:
+            passed = check_pager_url(args.url, store, persistent=args.persistent,
+                                     timeout=args.timeout)
+        except PagerCheckFailed as exc:
+            print(f"mofs: {exc}", file=sys.stderr)
+            return 1
+    for guarantee in GUARANTEES:
+        print(f"{'ok  ' if guarantee in passed else 'skip'}  {guarantee}")
+    print(f"mofs: {args.url} keeps {len(passed)} of {len(GUARANTEES)} guarantees "
+          f"({len(GUARANTEES) - len(passed)} not applicable)")
+    return 0

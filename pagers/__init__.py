@@ -1,8 +1,11 @@
 """Pagers: the managers of mofs's memory objects, and how to pick one by URL.
 
 A pager URL is ``scheme:rest``. The built-in schemes are ``sqlite:`` (pages in the
-mofs store, or in the database named by ``rest``) and ``memory:`` (anonymous memory,
-precious pages swapped to a temporary SQLite file, or to ``rest`` to keep them);
+mofs store, or in the database named by ``rest``), ``memory:`` (anonymous memory,
+precious pages swapped to a temporary SQLite file, or to ``rest`` to keep them),
+``dir:PATH`` (one plain file per object in the directory PATH, re-read when another
+program changes it) and ``fsspec+PROTO://...`` (one file per object in any fsspec file
+system, e.g. ``fsspec+file:///srv/x``, ``fsspec+memory://b/p``, ``fsspec+s3://b/p``);
 an installed package adds a scheme through the ``mofs.pagers`` entry-point group, whose
 entry point names a class called with ``rest`` as its single argument. A pager that is
 not packaged can be named directly: ``python:MODULE:CLASS`` or ``python:MODULE:CLASS:ARG``
@@ -17,14 +20,36 @@ import sys
 
 from mofs.errors import UserError
 
+from .directory import DirectoryPager as DirectoryPager
 from .example import DictPager as DictPager
+from .fsspec_pager import FsspecPager as FsspecPager
 from .kit import Pager as Pager
 from .memory import MemoryPager as MemoryPager
 from .sqlite import SQLitePager as SQLitePager
 
-__all__ = ["DictPager", "MemoryPager", "Pager", "SQLitePager", "open_pager"]
+__all__ = ["DictPager", "DirectoryPager", "FsspecPager", "MemoryPager", "Pager", "SQLitePager",
+           "installed_pagers", "open_pager"]
 
-_BUILTIN = ("memory", "python", "sqlite")
+_BUILTIN = ("dir", "fsspec+PROTO", "memory", "python", "sqlite")
+_FSSPEC = "fsspec+"
+
+
+_DESCRIPTIONS = {
+    "sqlite": "sqlite:[PATH]  pages in the mofs store (default) or another SQLite file",
+    "memory": "memory:[PATH]  anonymous memory: precious pages, swapped to SQLite (PATH keeps it)",
+    "dir": "dir:PATH  one plain file per object in a directory, re-read when others change it",
+    "fsspec+PROTO": "fsspec+PROTO://...  one file per object in any fsspec file system",
+    "python": "python:MODULE:CLASS[:ARG]  a pager class that is not installed as a package",
+}
+
+
+def installed_pagers() -> list[tuple[str, str]]:
+    """``(scheme, description)`` of the built-in schemes and of installed plug-ins."""
+    found = [(scheme, _DESCRIPTIONS[scheme]) for scheme in _BUILTIN]
+    for ep in sorted(importlib.metadata.entry_points(group="mofs.pagers"), key=lambda e: e.name):
+        dist = f" (package {ep.dist.name})" if ep.dist is not None else ""
+        found.append((ep.name, f"{ep.name}:...  plug-in {ep.value}{dist}"))
+    return found
 
 
 def open_pager(url: str | None, store_path: str) -> Pager:
@@ -41,6 +66,12 @@ def open_pager(url: str | None, store_path: str) -> Pager:
         return MemoryPager(rest or None)
     if scheme == "python":
         return _python_pager(url, rest)
+    if scheme == "dir":
+        if not rest:
+            raise UserError(f"pager {url!r}: write dir:PATH", exit_code=2)
+        return DirectoryPager(rest)
+    if scheme.startswith(_FSSPEC):
+        return _fsspec_pager(url)
     plugins = {ep.name: ep for ep in importlib.metadata.entry_points(group="mofs.pagers")}
     if scheme in plugins:
         try:
@@ -51,6 +82,17 @@ def open_pager(url: str | None, store_path: str) -> Pager:
         return factory(rest)
     known = ", ".join(f"{name}:" for name in sorted(set(_BUILTIN) | set(plugins)))
     raise UserError(f"unknown pager {url!r}: known schemes are {known}", exit_code=2)
+
+
+def _fsspec_pager(url: str) -> Pager:
+    """``fsspec+PROTO://...``: the fsspec file system PROTO; nothing is touched yet."""
+    inner = url[len(_FSSPEC):]
+    if not inner.partition(":")[0]:
+        raise UserError(f"pager {url!r}: write fsspec+PROTO://PATH", exit_code=2)
+    try:
+        return FsspecPager(inner)
+    except Exception as exc:  # unknown protocol, its package missing, bad options
+        raise UserError(f"pager {url!r}: {type(exc).__name__}: {exc}", exit_code=2) from exc
 
 
 def _python_pager(url: str, rest: str) -> Pager:

@@ -132,3 +132,10 @@ class SlowSwapPager(MemoryPager):
         await self.idle()  # commit first: never wait with the swap transaction open
         await trio.sleep(0.02)
         await super().write_page(obj, offset, data)
+
+
+class ForgetfulPager(DictPager):
+    """Broken on purpose, for `mofs pager-check`: it forgets every page returned to it."""
+
+    async def write_page(self, obj: ObjectId, offset: int, data: bytes) -> None:
+        pass

@@ -166,3 +166,18 @@ def test_sizes_that_cannot_work_are_refused(detached, tmp_path, option, words):
     done = detached(str(tmp_path / "s"), str(tmp_path / "m"), *option)
     one_line_error(done, *words)
     assert done.returncode == 2 and not (tmp_path / "s").exists()
+
+
+def test_pagers_lists_builtins_and_installed_plugins():
+    out = mofs("pagers").stdout
+    for scheme in ("sqlite:", "memory:", "dir:", "fsspec+PROTO://", "python:", "example:"):
+        assert scheme in out
+
+
+def test_pager_check_passes_a_good_pager_and_names_what_a_broken_one_breaks(tmp_path):
+    good = mofs("pager-check", f"memory:{tmp_path / 'swap.db'}", timeout=120)
+    assert "returned pages read back" in good.stdout and "keeps" in good.stdout
+    bad = mofs("pager-check", "python:tests.scripted_pager:ForgetfulPager", check=False,
+               timeout=120)
+    one_line_error(bad, 'broke "returned pages read back"')
+    assert bad.returncode == 1

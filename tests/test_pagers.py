@@ -490,7 +490,8 @@ def test_open_pager_entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [fake])
     pager = open_pager("fancy:/some/where.db", str(tmp_path / "store.db"))
     assert isinstance(pager, SQLitePager) and pager.path == "/some/where.db"
-    with pytest.raises(UserError, match="known schemes are fancy:, memory:, python:, sqlite:"):
+    with pytest.raises(UserError, match=r"known schemes are dir:, fancy:, fsspec\+PROTO:, "
+                                        r"memory:, python:, sqlite:"):
         open_pager("other:", str(tmp_path / "store.db"))
 
 
