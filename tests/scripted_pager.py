@@ -4,7 +4,8 @@ Mounted with ``--pager python:tests.scripted_pager:ScriptedPager:SOCKET``; the t
 connects to SOCKET and sends JSON lines. Each command is answered with ``ok``:
 
 - ``{"op": "set", "object": N, "offset": O, "data": "text"}`` changes a page behind the
-  kernel's back, then invalidates it with ``lock_request(RETURN_NONE, flush)``;
+  kernel's back, then invalidates it with ``lock_request(RETURN_NONE, flush)`` (optional
+  ``"length"`` and ``"should_return"`` widen the request);
 - ``{"op": "flush", "object": N, "offset": O, "length": L}`` flushes without changing;
 - ``{"op": "offer", "object": N, "offset": O, "length": L}`` supplies pages unasked
   (prefetch, as libpager's ``pager_offer_page``);
@@ -96,9 +97,9 @@ class ScriptedPager(DictPager):
             obj, offset = ObjectId(cmd["object"]), cmd["offset"]
             size = self.page_size(obj)
             self.pages.setdefault(obj, {})[offset] = cmd["data"].encode().ljust(size, b"\0")
-            assert self.outbox is not None
-            self.outbox.send(LockRequest(obj, offset, size, MEMORY_OBJECT_RETURN_NONE, True,
-                                         VM_PROT_NO_CHANGE, True))
+            self._send(LockRequest(obj, offset, cmd.get("length", size),
+                                   cmd.get("should_return", MEMORY_OBJECT_RETURN_NONE), True,
+                                   VM_PROT_NO_CHANGE, True))
         elif op == "flush":
             self._send(LockRequest(ObjectId(cmd["object"]), cmd["offset"], cmd["length"],
                                    MEMORY_OBJECT_RETURN_NONE, True, VM_PROT_NO_CHANGE, True))

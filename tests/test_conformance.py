@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
@@ -302,3 +303,17 @@ async def test_injected_faults_leave_no_log_lines(caplog: pytest.LogCaptureFixtu
     with caplog.at_level(logging.DEBUG):
         await check_pager(DictPager)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("scheme", ["dir", "fsspec+file", "fsspec+memory", "example"])
+def test_every_other_shipped_pager_conforms(tmp_path: Path, scheme: str) -> None:
+    url = {
+        "dir": f"dir:{tmp_path / 'pages'}",
+        "fsspec+file": f"fsspec+file://{tmp_path / 'fs'}",
+        "fsspec+memory": f"fsspec+memory://conformance-{os.getpid()}/{tmp_path.name}",
+        "example": f"example:{tmp_path / 'pages.dbm'}",  # the tutorial's installed plug-in
+    }[scheme]
+    persistent = scheme != "fsspec+memory" or None
+    passed = check_pager_url(url, str(tmp_path / "store.mofs"), persistent=persistent)
+    assert "returned pages read back" in passed
+    assert any(g.startswith("synchronize_completed echoes its range") for g in passed)

@@ -83,21 +83,24 @@ def test_edge_14_lock_request_flush_reaches_cat_and_an_existing_mmap_view(script
         os.fsync(fd)  # the pager now holds the pages (it keeps what is returned)
         view = mmap.mmap(fd, 2 * PS, mmap.MAP_SHARED, mmap.PROT_READ)
         assert view[:4] == b"old!"
+        os.pwrite(fd, b"mine", PS)  # a dirty page the pager must get back before the flush
         ino = os.fstat(fd).st_ino
-        control(op="set", object=ino, offset=0, data="new!")
+        control(op="set", object=ino, offset=0, data="new!", length=2 * PS,
+                should_return=2)  # MEMORY_OBJECT_RETURN_ALL: dirty and precious pages
         wait_for(lambda: any(t["msg"] == "lock_completed" for t in m.trace_lines()),
                  "lock_completed")
         assert m.run(["cat", str(f)]).stdout.startswith("new!")
-        assert view[:4] == b"new!" and view[PS : PS + 4] == b"old!"
+        assert view[:4] == b"new!" and view[PS : PS + 4] == b"mine"
         view.close()
     finally:
         os.close(fd)
     trace = [t for t in m.trace_lines() if t.get("object") == ino]
     names = [t["msg"] for t in trace]
-    lock = names.index("lock_request")
-    assert names.index("lock_completed") > lock
+    lock, done = names.index("lock_request"), names.index("lock_completed")
     assert trace[lock]["should_flush"] is True
-    refetch = [t for t in trace[lock:] if t["msg"] == "data_request"]
+    returned = [t for t in trace[lock:done] if t["msg"] == "data_return"]
+    assert [(t["offset"], t["dirty"], t["kernel_copy"]) for t in returned] == [(PS, True, False)]
+    refetch = [t for t in trace[done:] if t["msg"] == "data_request"]
     assert refetch and refetch[0]["offset"] == 0
 
 
