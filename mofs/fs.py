@@ -9,6 +9,7 @@ is the only module that raises ``FUSEError``: lower layers raise their own excep
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -19,6 +20,7 @@ import stat
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT = 1.0
 NAME_MAX = 255
+RELATIME_DAY_NS = 24 * 3600 * 10**9  # relatime: an atime this old moves on any read
+TIME_MIN_NS, TIME_MAX_NS = -(2**63), 2**63 - 1  # times are SQLite integers of nanoseconds
+XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")  # what local file systems store
+DOT_POSITIONS = 2  # readdir positions 1 and 2 are '.' and '..'; entry ids are shifted by 2
 CONTROL_PREFIX = b"user.mofs."  # reserved xattr names on the root: the control interface
 PAGER_XATTR = b"user.mofs.pager"  # on a directory: the pager of files created below it
 
@@ -73,6 +79,70 @@ def _check_name(name: bytes) -> None:
         raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
 
 
+def _check_xattr_name(name: bytes) -> None:
+    """The kernel hands FUSE every name; ext4 and tmpfs know only these namespaces (and
+    the kernel itself answers system.posix_acl_*)."""
+    if not name.startswith(XATTR_NAMESPACES):
+        raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+
+
+def _clamp_time(ns: int) -> int:
+    """Like a Linux file system clamps to its s_time_min/s_time_max, instead of failing:
+    64-bit nanoseconds cover the years 1677 to 2262."""
+    return min(max(ns, TIME_MIN_NS), TIME_MAX_NS)
+
+
+def _relatime_due(inode: Inode, now: int) -> bool:
+    """Whether a read moves the atime, as on a relatime mount (the Linux default)."""
+    return (inode.atime_ns <= inode.mtime_ns or inode.atime_ns <= inode.ctime_ns
+            or now - inode.atime_ns >= RELATIME_DAY_NS)
+
+
+def _in_group(gid: int, pid: int, group: int) -> bool:
+    """Whether the process ``pid`` (fs gid ``gid``) is a member of ``group``."""
+    if gid == group:
+        return True
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return str(group) in line.split()[1:]
+    except OSError:
+        pass
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who opened a file handle (writes carry no request context of their own)."""
+
+    uid: int
+    gid: int
+    pid: int
+    noatime: bool = False
+
+    @classmethod
+    def of(cls, ctx: pyfuse3.RequestContext, flags: int = 0) -> Caller:
+        return cls(ctx.uid, ctx.gid, ctx.pid, bool(flags & os.O_NOATIME))
+
+
+def _privileges_dropped(inode: Inode, mode: int, caller: Caller) -> int:
+    """``mode`` without the set-user-ID and set-group-ID bits a write or truncate by
+    ``caller`` must clear (Linux's file_remove_privs; uid 0 stands for CAP_FSETID).
+
+    The FUSE kernel module already clears set-user-ID and set-group-ID with group execute
+    by a setattr of its own, but it keeps set-group-ID without group execute even when the
+    writer is not in the file's group, which ext4 clears; and with atomic O_TRUNC it
+    sends no setattr at all."""
+    if caller.uid == 0 or not stat.S_ISREG(inode.mode):
+        return mode
+    mode &= ~stat.S_ISUID
+    if mode & stat.S_ISGID and (mode & stat.S_IXGRP
+                                or not _in_group(caller.gid, caller.pid, inode.gid)):
+        mode &= ~stat.S_ISGID
+    return mode
+
+
 class Operations(pyfuse3.Operations):
     """File-system requests in, namespace updates and cache calls out."""
 
@@ -87,6 +157,7 @@ class Operations(pyfuse3.Operations):
         self.lookups: Counter[int] = Counter()
         self.opens: Counter[int] = Counter()
         self.handles: dict[int, int] = {}
+        self.callers: dict[int, Caller] = {}  # by file handle
         self._fh = itertools.count(1)
         self.pid = os.getpid()
 
@@ -120,16 +191,33 @@ class Operations(pyfuse3.Operations):
     def _new(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext,
              rdev: int = 0, target: bytes | None = None) -> Inode:
         _check_name(name)
-        self._dir(parent)
+        directory = self._dir(parent)
         if self.ns.lookup(parent, name) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
-        inode = self.ns.make_inode(mode, ctx.uid, ctx.gid, rdev=rdev, target=target)
+        gid = ctx.gid
+        if directory.mode & stat.S_ISGID:  # a set-group-ID directory passes on its group,
+            gid = directory.gid  # and its set-group-ID bit to subdirectories
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        inode = self.ns.make_inode(mode, ctx.uid, gid, rdev=rdev, target=target)
         self.ns.link(parent, name, inode.ino)
         pager = self._pager_of(parent)  # inherited by files and directories made below
         if pager is not None and (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             self.ns.setxattr(inode.ino, PAGER_XATTR, pager.encode())
         self.lookups[inode.ino] += 1
         return self.ns.get(inode.ino)
+
+    def _touch_atime(self, ino: int, inode: Inode) -> Inode:
+        """Move the atime of a read file or listed directory if relatime says so. Best
+        effort, as in Linux: a full or read-only store must not fail the read."""
+        now = time.time_ns()
+        if not _relatime_due(inode, now):
+            return inode
+        try:
+            return self.ns.set_attrs(ino, atime_ns=now)
+        except OSError as exc:
+            log.debug("atime of inode %d not updated: %s", ino, exc)
+            return inode
 
     def _pager_of(self, ino: int) -> str | None:
         """The URL of the pager an inode was created with (None: the mount's default)."""
@@ -213,22 +301,26 @@ class Operations(pyfuse3.Operations):
         now = time.time_ns()
         changes: dict[str, int] = {}
         current = self.ns.get(inode)
+        mode = current.mode
+        if fields.update_mode:
+            mode = stat.S_IFMT(current.mode) | stat.S_IMODE(attr.st_mode)
         if fields.update_size:
             if stat.S_ISDIR(current.mode):
                 raise pyfuse3.FUSEError(errno.EISDIR)
             self.kernel.set_size(self._object(inode), attr.st_size)
             changes.update(size=attr.st_size, mtime_ns=now)
-        if fields.update_mode:
-            changes["mode"] = stat.S_IFMT(current.mode) | stat.S_IMODE(attr.st_mode)
+            mode = _privileges_dropped(current, mode, Caller.of(ctx))
+        if mode != current.mode:
+            changes["mode"] = mode
         if fields.update_uid:
             changes["uid"] = attr.st_uid
         if fields.update_gid:
             changes["gid"] = attr.st_gid
         if fields.update_atime:
-            changes["atime_ns"] = attr.st_atime_ns
+            changes["atime_ns"] = _clamp_time(attr.st_atime_ns)
         if fields.update_mtime:
-            changes["mtime_ns"] = attr.st_mtime_ns
-        changes["ctime_ns"] = attr.st_ctime_ns if fields.update_ctime else now
+            changes["mtime_ns"] = _clamp_time(attr.st_mtime_ns)
+        changes["ctime_ns"] = _clamp_time(attr.st_ctime_ns) if fields.update_ctime else now
         return self._attrs(self.ns.set_attrs(inode, **changes))
 
     @_fuse_errors
@@ -298,9 +390,21 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        for name, ino, position in self.ns.entries(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name, self._attrs(self.ns.get(ino)), position):
+        directory = self.ns.get(fh)
+        if directory.nlink == 0:
+            return  # a removed directory lists nothing, not even '.' and '..'
+        directory = self._touch_atime(fh, directory)
+        # '.' and '..' as a local disk lists them; the kernel takes no reference for them
+        dots = [(b".", directory, 1), (b"..", self.ns.get(self.ns.parent(fh)), 2)]
+        for name, inode, position in dots[start_id:]:
+            if not pyfuse3.readdir_reply(token, name, self._attrs(inode), position):
+                return
+        start = max(start_id - DOT_POSITIONS, 0)
+        for name, ino, position in self.ns.entries(fh, start):
+            if not pyfuse3.readdir_reply(token, name, self._attrs(self.ns.get(ino)),
+                                         position + DOT_POSITIONS):
                 break
+            self.lookups[ino] += 1  # readdirplus: each entry replied is a kernel reference
 
     async def releasedir(self, fh: int) -> None:
         pass
@@ -321,12 +425,13 @@ class Operations(pyfuse3.Operations):
 
     # --- files ---------------------------------------------------------------------------
 
-    def _open_handle(self, ino: int) -> pyfuse3.FileInfo:
+    def _open_handle(self, ino: int, caller: Caller) -> pyfuse3.FileInfo:
         # (a failed object starts anew here)
         self.kernel.open(ObjectId(ino), self.ns.get(ino).size, self._pager_of(ino))
         self.kernel.map(ObjectId(ino))
         fh = next(self._fh)
         self.handles[fh] = ino
+        self.callers[fh] = caller
         self.opens[ino] += 1
         # keep_cache: the Linux page cache stays valid across opens; pagers invalidate it
         # with lock_request, which reaches it through invalidate_inode.
@@ -334,20 +439,50 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> Any:
-        mode = self.ns.get(inode).mode
-        if stat.S_ISDIR(mode):
+        current = self.ns.get(inode)
+        if stat.S_ISDIR(current.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        return self._open_handle(inode)
+        caller = Caller.of(ctx, flags)
+        if flags & os.O_ACCMODE != os.O_WRONLY and not flags & os.O_TRUNC \
+                and not caller.noatime:
+            # Reads served from the Linux page cache (keep_cache) never reach us, so the
+            # atime a read would move (relatime) moves when the file is opened for
+            # reading: unlike a local disk, even if nothing is then read. Dropping the
+            # page cache instead would also drop the pages pagers push into it.
+            touched = self._touch_atime(inode, current)
+            if touched.atime_ns != current.atime_ns:
+                # the kernel's cached attributes would show the old atime until they
+                # expire; attributes only, so this cannot block (no writeback cache)
+                with contextlib.suppress(OSError):
+                    pyfuse3.invalidate_inode(pyfuse3.InodeT(inode), True)
+        fi = self._open_handle(inode, caller)
+        if flags & os.O_TRUNC and stat.S_ISREG(current.mode):
+            # libfuse asks for FUSE_CAP_ATOMIC_O_TRUNC, so the kernel passes O_TRUNC to
+            # open and sends no setattr: truncating is up to us (the kernel has checked
+            # write permission and emptied its page cache).
+            try:
+                self.kernel.set_size(ObjectId(inode), 0)
+                now = time.time_ns()
+                self.ns.set_attrs(inode, size=0, mtime_ns=now, ctime_ns=now,
+                                  mode=_privileges_dropped(current, current.mode, caller))
+            except BaseException:
+                self._close_handle(fi.fh)  # the open fails: no release will come
+                raise
+        return fi
 
     @_fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> Any:
         inode = self._new(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
-        return self._open_handle(inode.ino), self._attrs(inode)
+        return self._open_handle(inode.ino, Caller.of(ctx, flags)), self._attrs(inode)
 
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self.kernel.read(ObjectId(self.handles[fh]), off, size)
+        ino = self.handles[fh]
+        data = await self.kernel.read(ObjectId(ino), off, size)
+        if not self.callers[fh].noatime:
+            self._touch_atime(ino, self.ns.get(ino))
+        return data
 
     @_fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -356,9 +491,13 @@ class Operations(pyfuse3.Operations):
         size = await self.kernel.write(ObjectId(ino), off, buf)
         now = time.time_ns()
         if size != old:
-            self.ns.set_attrs(ino, size=size, mtime_ns=now, ctime_ns=now)
+            inode = self.ns.set_attrs(ino, size=size, mtime_ns=now, ctime_ns=now)
         else:
-            self.ns.set_attrs(ino, mtime_ns=now, ctime_ns=now)
+            inode = self.ns.set_attrs(ino, mtime_ns=now, ctime_ns=now)
+        if inode.mode & (stat.S_ISUID | stat.S_ISGID):
+            mode = _privileges_dropped(inode, inode.mode, self.callers[fh])
+            if mode != inode.mode:
+                self.ns.set_attrs(ino, mode=mode)
         return len(buf)
 
     @_fuse_errors
@@ -379,7 +518,11 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def release(self, fh: int) -> None:
+        self._close_handle(fh)
+
+    def _close_handle(self, fh: int) -> None:
         ino = self.handles.pop(fh)
+        self.callers.pop(fh, None)
         self.opens[ino] -= 1
         self.kernel.unmap(ObjectId(ino))
         if self.opens[ino] <= 0:
@@ -395,6 +538,7 @@ class Operations(pyfuse3.Operations):
             stats["pid"] = self.pid
             stats["store"] = os.path.abspath(self.ns.path)
             return json.dumps(stats).encode()
+        _check_xattr_name(name)
         try:
             return self.ns.getxattr(inode, name)
         except KeyError:
@@ -408,6 +552,7 @@ class Operations(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE and name == CONTROL_PREFIX + b"sync":
             await self.sync_all()
             return
+        _check_xattr_name(name)
         if name == PAGER_XATTR:
             self._check_pager(inode, value)
         self.ns.get(inode)
@@ -432,6 +577,9 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if name == PAGER_XATTR and not stat.S_ISDIR(self.ns.get(inode).mode):
+            raise pyfuse3.FUSEError(errno.EPERM)  # a file keeps the pager it was made with
+        _check_xattr_name(name)
         try:
             self.ns.removexattr(inode, name)
         except KeyError:

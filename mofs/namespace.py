@@ -340,6 +340,11 @@ class Namespace:
         number, total = self._sql("SELECT count(*), coalesce(sum(size), 0) FROM inodes")[0]
         return number, total
 
+    def parent(self, ino: int) -> int:
+        """The directory holding the name of directory ``ino`` (the root's is the root)."""
+        rows = self._sql("SELECT parent FROM dentries WHERE ino = ? LIMIT 1", (ino,))
+        return rows[0][0] if rows else ino
+
     def lookup(self, parent: int, name: bytes) -> int | None:
         found = self._find(parent, name)
         return None if found is None else found[1]

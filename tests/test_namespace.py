@@ -441,6 +441,15 @@ def test_cannot_create_in_a_removed_directory(ns: Namespace) -> None:
         ns.link(d, b"x", ns.make_inode(REG, 0, 0).ino)
 
 
+def test_parent_of_a_directory(ns: Namespace) -> None:
+    a = mkdir(ns, ROOT, b"a")
+    b = mkdir(ns, a, b"b")
+    assert (ns.parent(ROOT), ns.parent(a), ns.parent(b)) == (ROOT, ROOT, a)
+    c = mkdir(ns, ROOT, b"c")
+    ns.rename(a, b"b", c, b"b")
+    assert ns.parent(b) == c
+
+
 def test_is_empty_dir(ns: Namespace) -> None:
     assert ns.is_empty_dir(ROOT)
     f = mkfile(ns, ROOT, b"f")
