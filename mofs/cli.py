@@ -1,4 +1,4 @@
-"""The ``mofs`` command: mount, umount, stat, trace.
+"""The ``mofs`` command: mount, umount, stat, trace, fsck.
 
 Every failure the user can cause ends in one line on stderr and a documented exit code
 (docs/cli.md); tracebacks go to the daemon's log, never to the terminal.
@@ -16,6 +16,7 @@ import select
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from .errors import UserError
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="protocol page size for a new store (power of two, default 64K)")
     m.add_argument("--pager-timeout", metavar="SECONDS", type=float, default=30.0,
                    help="fail an operation with EIO when the pager does not answer in time")
+    m.add_argument("--allow-other", action="store_true",
+                   help="let users other than the one mounting access the files (FUSE "
+                   "allow_other; permissions are still checked)")
     m.add_argument("--foreground", action="store_true", help="do not detach; log to stderr")
     m.add_argument("--trace", metavar="FILE", help="append one JSON line per protocol message")
     m.add_argument("--log", metavar="FILE",
@@ -71,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                        "for the daemon to exit.")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument("--timeout", metavar="SECONDS", type=float, default=120.0,
-                   help="how long to wait for the daemon to exit (default 120)")
+                   help="how long to wait for open files to be closed and the daemon to exit "
+                   "(default 120)")
 
     s = sub.add_parser("stat", help="show cache and protocol statistics of a mount",
                        description="Objects, resident/dirty/precious bytes, the budget and the "
@@ -115,6 +120,18 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: inferred for built-in pagers)")
     c.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
                    help="how long one answer may take (default 10)")
+    f = sub.add_parser(
+        "fsck", help="check that an unmounted store's metadata and pages agree",
+        description="Check the store: names of missing inodes, orphans, link counts, "
+        "directories cut off from the root, pages that belong to no file or lie past its "
+        "end, pages of the wrong size, bytes past the end of a file. One line per problem "
+        "on stdout, then a summary. Exit 0 if clean (or all repaired), 1 if problems are "
+        "left, 3 if STORE is not a mofs store, 4 if it is mounted.")
+    f.add_argument("store", metavar="STORE")
+    f.add_argument("--repair", action="store_true",
+                   help="fix what is safe to fix, in one transaction (nameless files and cut-off "
+                   "directories go to /lost+found)")
+    f.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return p
 
 
@@ -138,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             return _pagers()
         if args.command == "pager-check":
             return _pager_check(args)
+        if args.command == "fsck":
+            from .fsck import main as fsck
+
+            return fsck(args.store, repair=args.repair, quiet=args.quiet)
         return _stat(args)
     except UserError as exc:
         print(f"mofs: {exc}", file=sys.stderr)
@@ -161,7 +182,8 @@ def _mount(args: argparse.Namespace) -> int:
 
     config = MountConfig(store=args.store, mountpoint=args.mountpoint, pager_url=args.pager,
                          cache_size=args.cache_size, page_size=args.page_size,
-                         timeout=args.pager_timeout, trace=args.trace)
+                         timeout=args.pager_timeout, trace=args.trace,
+                         allow_other=args.allow_other)
 
     ready_fd = [args.ready_fd] if args.ready_fd is not None else []
 
@@ -199,7 +221,13 @@ def _mount_detached(args: argparse.Namespace) -> int:
     try:
         log_file = open(log_path, "ab")  # noqa: SIM115
     except OSError as exc:
-        raise UserError(f"cannot open log file {log_path}: {exc.strerror}") from None
+        if args.log:
+            raise UserError(f"cannot open log file {log_path}: {exc.strerror}") from None
+        # The store's directory is not writable (the store check will say why): log
+        # somewhere that is, so the daemon can report it.
+        log_path = os.path.join(tempfile.gettempdir(),
+                                f"mofs-{os.getuid()}-{os.path.basename(args.store)}.log")
+        log_file = open(log_path, "ab")  # noqa: SIM115
     with log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mofs", *argv, "--foreground", "--ready-fd", str(write_fd)],
@@ -238,6 +266,8 @@ def _mount_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--trace", os.path.abspath(args.trace)]
     if args.debug:
         argv.append("--debug")
+    if args.allow_other:
+        argv.append("--allow-other")
     return argv
 
 
@@ -263,24 +293,39 @@ def _read_stat(mnt: str) -> dict[str, object]:
 
 
 def _umount(args: argparse.Namespace) -> int:
+    """Write back, then unmount; while files are open, keep writing back and waiting."""
     mnt = _mofs_mount(args.mountpoint)
     try:
-        pid = int(_read_stat(mnt)["pid"])  # type: ignore[call-overload]
+        stats = _read_stat(mnt)
     except UserError:
         # The daemon is gone; all we can do is remove the dead mount.
         subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
         raise UserError(f"the daemon of {mnt} is not running; removed the dead mount",
                         EXIT_MOUNTPOINT) from None
-    try:
-        os.setxattr(mnt, CONTROL_SYNC, b"1")
-    except OSError as exc:
-        raise UserError(f"could not write back {mnt} ({exc.strerror}); still mounted, "
-                        "dirty data kept", EXIT_WRITEBACK) from None
-    done = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
-    if done.returncode != 0:
-        why = (done.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
-        raise UserError(f"cannot unmount {mnt}: {why}", EXIT_MOUNTPOINT)
+    pid = int(stats["pid"])  # type: ignore[call-overload]
     deadline = time.monotonic() + args.timeout
+    waiting = False
+    while True:
+        dirty = int(stats.get("dirty_bytes", 0))  # type: ignore[call-overload]
+        if dirty:
+            print(f"mofs: writing back {dirty / (1 << 20):.1f} MiB of {mnt}", file=sys.stderr)
+        try:
+            os.setxattr(mnt, CONTROL_SYNC, b"1")
+        except OSError as exc:
+            raise UserError(f"could not write back {mnt} ({exc.strerror}); still mounted, "
+                            "dirty data kept", EXIT_WRITEBACK) from None
+        done = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+        if done.returncode == 0:
+            break
+        why = (done.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
+        if "busy" not in why or time.monotonic() > deadline:
+            raise UserError(f"cannot unmount {mnt}: {why}", EXIT_MOUNTPOINT)
+        if not waiting:
+            print(f"mofs: {mnt} is in use; waiting up to {args.timeout:g} s for its files "
+                  "to be closed", file=sys.stderr)
+            waiting = True
+        time.sleep(0.2)
+        stats = _read_stat(mnt)
     while _alive(pid):
         if time.monotonic() > deadline:
             raise UserError(f"unmounted {mnt}, but daemon {pid} is still writing back")
@@ -435,8 +480,6 @@ def _pagers() -> int:
 
 
 def _pager_check(args: argparse.Namespace) -> int:
-    import tempfile
-
     from pagers.conformance import GUARANTEES, PagerCheckFailed, check_pager_url
 
     with tempfile.TemporaryDirectory(prefix="mofs-check-") as scratch:

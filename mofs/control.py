@@ -177,6 +177,7 @@ class ControlServer:
                 if os.path.lexists(path):  # left by a daemon that was killed
                     os.unlink(path)
                 self._sock.bind(path)
+                os.chmod(path, 0o600)  # the trace shows file activity: the owner's alone
             except OSError as exc:
                 log.debug("cannot bind control socket %s: %s", path, exc)
                 continue

@@ -88,13 +88,14 @@ class Kernel:
         self.linux: LinuxPageCache | None = None
         # Notifications for the Linux page cache run one at a time, in order, in a thread.
         self._notices, self._notices_out = trio.open_memory_channel[
-            tuple[Callable[[], None], list[Message]]](math.inf)
+            tuple[Callable[[], None], list[tuple[PagerConnection, Message]]]](math.inf)
         # Page data queued for the pager beyond this makes writers wait for it to catch up.
         self.max_queued = max(page_size, min(budget // 2, 64 << 20))
         self._nursery: trio.Nursery | None = None
         self.journal = journal
         self._precious: set[ObjectId] = set()  # objects whose pager supplied precious pages
         self._settling = False
+        self._write_errors: dict[ObjectId, int] = {}  # per-object write-back error latch
         # Journaled bytes beyond this make the kernel synchronize objects to prune it.
         self.max_journal = max(budget, 64 << 20)
 
@@ -177,6 +178,7 @@ class Kernel:
 
     async def shutdown(self) -> None:
         """Return and synchronize every dirty page, terminate every object, stop the pager."""
+        owner = {obj_id: self._conn(obj_id) for obj_id in self.objects}
         for obj_id in list(self.objects):
             obj = self.objects[obj_id]
             if obj.state is ObjectState.READY:
@@ -190,6 +192,13 @@ class Kernel:
         with trio.move_on_after(self.timeout):
             for conn in self.pagers.values():
                 await conn.done.wait()
+        if self.journal is not None:
+            # Every healthy pager has been given, synchronized and closed everything:
+            # what its objects left in the journal is now the pager's alone.
+            healthy = {c for c in self.pagers.values() if c.failure is None and c.done.is_set()}
+            for obj_id in self.journal.objects():
+                if owner.get(obj_id, self.conn) in healthy:
+                    self.journal.prune(obj_id, self.journal.mark())
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -217,12 +226,12 @@ class Kernel:
             for msg in messages:
                 if (isinstance(msg, LockCompleted) and msg.object in flushed
                         and self.linux is not None):
-                    held.append(msg)
+                    held.append((self._conn(msg.object), msg))  # its pager, known now
                 else:
                     self._conn(msg.object).send(msg)
             if self.linux is not None:
                 for obj_id in flushed:
-                    done = [m for m in held if m.object == obj_id]
+                    done = [(c, m) for c, m in held if m.object == obj_id]
                     self._notices.send_nowait(
                         (functools.partial(self.linux.invalidate, obj_id), done))
             wakeups, out.wakeups = out.wakeups, []
@@ -231,6 +240,10 @@ class Kernel:
                 if waiter is not None:
                     waiter.error = error
                     waiter.event.set()
+                elif error and isinstance(key, tuple) and key[0] == "sync":
+                    # Decision 3: a failed write-back nobody waited for is reported by
+                    # the object's next fsync.
+                    self._write_errors.setdefault(key[1], error)
 
     def _journal(self, messages: list[Message]) -> None:
         """Commit the returns of precious objects to the journal before they are sent."""
@@ -303,8 +316,8 @@ class Kernel:
                 await trio.to_thread.run_sync(notify)
             except OSError as exc:  # the kernel may not know the inode (never looked up)
                 log.debug("page-cache notification failed: %s", exc)
-            for msg in completions:
-                self._conn(msg.object).send(msg)
+            for conn, msg in completions:
+                conn.send(msg)
 
     def _prefetched(self, obj: MemoryObject, msg: DataSupply) -> list[tuple[int, int]]:
         """Pages of a supply that nobody asked for: they go to the Linux page cache too."""
@@ -464,14 +477,21 @@ class Kernel:
         start = offset // ps * ps
         length = -(-(offset + length) // ps) * ps - start
         whole = start == 0 and start + length >= obj.size
-        mark = self.journal.mark() if self.journal is not None and whole else 0
         while True:
             key, started = obj.begin_sync(start, length, flags)
+            mark = 0
+            if started:
+                self._flush()  # journal and send this sync's returns, then the synchronize
+                if self.journal is not None and whole:
+                    mark = self.journal.mark()  # every row so far precedes the synchronize
             await self._park(key, obj, raise_error=started)
             if started:
                 break
         if mark and flags & VM_SYNC_SYNCHRONOUS and self.journal is not None:
             self.journal.prune(obj_id, mark)  # the pager now holds all of it durably
+        error = self._write_errors.pop(obj_id, 0)
+        if error:  # an earlier write-back nobody waited for (eviction, close) failed
+            raise PageError(error)
 
     def sync_nowait(self, obj_id: ObjectId, flags: int) -> bool:
         """Start writing back an object's dirty pages without waiting (close, MS_ASYNC).

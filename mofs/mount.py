@@ -22,6 +22,7 @@ from pagers import open_pager
 from .control import Broadcast, ControlServer
 from .errors import UserError
 from .fs import Operations
+from .fsck import quick_check
 from .journal import ReturnJournal
 from .kernel import Kernel
 from .namespace import Namespace
@@ -43,6 +44,7 @@ class MountConfig:
     page_size: int = 64 << 10
     timeout: float = 30.0
     trace: str | None = None
+    allow_other: bool = False
 
 
 def check_mountpoint(path: str) -> str:
@@ -71,13 +73,11 @@ MIN_CACHE_PAGES = 16  # a reader must find its page still resident when it wakes
 
 
 def check_sizes(config: MountConfig) -> None:
-    """Page size a power of two of at least 4 KiB; a cache of at least a few pages."""
+    """Page size a power of two of at least 4 KiB (the cache is checked against the
+    store's own page size once the store is open)."""
     ps = config.page_size
     if ps < 4096 or ps & (ps - 1):
         raise UserError(f"--page-size {ps} is not a power of two of at least 4096", 2)
-    if config.cache_size < MIN_CACHE_PAGES * ps:
-        raise UserError(f"--cache-size must hold at least {MIN_CACHE_PAGES} pages "
-                        f"({MIN_CACHE_PAGES * ps // 1024} KiB with {ps // 1024} KiB pages)", 2)
 
 
 def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
@@ -89,7 +89,14 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
         raise UserError(f"the store {config.store} must not live inside the mountpoint",
                         EXIT_MOUNTPOINT)
     pager = open_pager(config.pager_url, store)  # before the store: a bad URL creates nothing
+    if not os.path.exists(store) and config.cache_size < MIN_CACHE_PAGES * config.page_size:
+        raise UserError(f"--cache-size must hold at least {MIN_CACHE_PAGES} pages "
+                        f"({MIN_CACHE_PAGES * config.page_size // 1024} KiB)", 2)
     ns = Namespace.open(store, create=True, page_size=config.page_size)
+    for level, line in [] if ns.created else quick_check(store):  # orphans, dangling names
+        log.log(level, "%s", line)
+    if ns.created:
+        os.chmod(store, 0o600)  # file contents live in it: the owner's alone
     if config.cache_size < MIN_CACHE_PAGES * ns.page_size:  # the store's page size rules
         ns.close()
         raise UserError(f"--cache-size must hold at least {MIN_CACHE_PAGES} pages of this "
@@ -115,7 +122,7 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
         fsname = store if "," not in store else "mofs"  # commas would split the option
         control = ControlServer(mountpoint, broadcast)  # before the mount appears
         options = set(pyfuse3.default_options) | {f"fsname={fsname}", "subtype=mofs"}
-        if os.getuid() == 0:
+        if config.allow_other:  # opt-in: other users may then reach the files
             options.add("allow_other")
         try:
             pyfuse3.init(ops, mountpoint, options)
@@ -126,7 +133,7 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
         unmounted = False
         try:
             trio.run(_run, ops, control, lambda: on_ready(message))
-            unmounted = not os.path.ismount(mountpoint)
+            unmounted = not _listed_mount(mountpoint)
         finally:
             pyfuse3.close(unmount=not unmounted)
     finally:
@@ -135,6 +142,15 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
         journal.close()
         ns.close()
         trace.close()
+
+
+def _listed_mount(path: str) -> bool:
+    """Whether ``path`` is still mounted, read from /proc/mounts.
+
+    Never ``os.path.ismount`` here: once FUSE stops serving, a stat of our own mount
+    would wait for an answer that only this process could give."""
+    with open("/proc/mounts", encoding="utf-8") as f:
+        return any(line.split()[1] == path for line in f)
 
 
 async def _run(ops: Operations, control: ControlServer, ready: Callable[[], None]) -> None:

@@ -79,7 +79,11 @@ def open_pager(url: str | None, store_path: str) -> Pager:
         except Exception as exc:
             raise UserError(f"pager {url!r}: cannot load {plugins[scheme].value}: {exc}",
                             exit_code=2) from exc
-        return factory(rest)
+        try:
+            return factory(rest)
+        except Exception as exc:  # the plug-in refused its argument: the user's to fix
+            raise UserError(f"pager {url!r}: {type(exc).__name__}: {exc}", exit_code=2) \
+                from exc
     known = ", ".join(f"{name}:" for name in sorted(set(_BUILTIN) | set(plugins)))
     raise UserError(f"unknown pager {url!r}: known schemes are {known}", exit_code=2)
 

@@ -54,6 +54,13 @@ def _connection(path: str) -> str | None:
     return None
 
 
+def _mount_fusectl() -> None:
+    """The abort files live in the fusectl file system, not always mounted."""
+    if not os.listdir("/sys/fs/fuse/connections") and os.getuid() == 0:
+        subprocess.run(["mount", "-t", "fusectl", "none", "/sys/fs/fuse/connections"],
+                       capture_output=True, timeout=15)
+
+
 def force_unmount(path: str | Path) -> None:
     """Unmount however it takes; never raises, never hangs."""
     path = str(path)
@@ -61,6 +68,7 @@ def force_unmount(path: str | Path) -> None:
         if not is_mounted(path):
             return
         if cmd[-2] == "-z":
+            _mount_fusectl()
             conn = _connection(path)
             if conn is not None:
                 try:

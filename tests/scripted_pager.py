@@ -13,6 +13,8 @@ connects to SOCKET and sends JSON lines. Each command is answered with ``ok``:
 - ``{"op": "fail_reads", "object": N, "errno": E}`` answers reads with data_error(E)
   (0 stops);
 - ``{"op": "fail_writes", "errno": E}`` fails every returned page with E (0 stops);
+- ``{"op": "bug", "object": N}`` makes read_page raise ValueError (a pager bug);
+- ``{"op": "twice", "object": N}`` answers every read of N a second time, with junk;
 - ``{"op": "hang", "object": N}`` makes every later read of object N wait forever;
 - ``{"op": "write_lock", "on": true}`` supplies pages write-locked (``data_unlock`` on
   the first write);
@@ -48,6 +50,9 @@ class ScriptedPager(DictPager):
         self.refuse = 0
         self.failing: dict[int, int] = {}
         self.write_errno = 0
+        self.buggy: set[int] = set()
+        self.twice: set[int] = set()
+        self.second_answers: list[Message] = []
         self.outbox: Channel | None = None
 
     async def read_page(self, obj: ObjectId, offset: int, length: int) -> bytes | None:
@@ -55,12 +60,21 @@ class ScriptedPager(DictPager):
             await trio.sleep_forever()
         if self.failing.get(obj):
             raise OSError(self.failing[obj], os.strerror(self.failing[obj]))
+        if obj in self.buggy:
+            raise ValueError("a bug in this pager")
+        if obj in self.twice:  # sent by idle(), after the kit has sent the real answer
+            self.second_answers.append(DataSupply(obj, offset, b"junk" * (length // 4)))
         return await super().read_page(obj, offset, length)
 
     async def write_page(self, obj: ObjectId, offset: int, data: bytes) -> None:
         if self.write_errno:
             raise OSError(self.write_errno, os.strerror(self.write_errno))
         await super().write_page(obj, offset, data)
+
+    async def idle(self) -> None:
+        while self.second_answers:
+            self._send(self.second_answers.pop(0))
+        await super().idle()
 
     async def unlock_page(self, obj: ObjectId, offset: int, length: int) -> None:
         if self.refuse:
@@ -114,6 +128,10 @@ class ScriptedPager(DictPager):
             self._send(DataSupply(ObjectId(cmd["object"]), 1, b"x" * 100))
         elif op == "fail_writes":
             self.write_errno = cmd["errno"]
+        elif op == "bug":
+            self.buggy.add(cmd["object"])
+        elif op == "twice":
+            self.twice.add(cmd["object"])
         elif op == "fail_reads":
             self.failing[cmd["object"]] = cmd["errno"]
         elif op == "hang":
