@@ -40,3 +40,17 @@ def mount(tmp_path: Path) -> Iterator[MountFactory]:
         m.close()
         problems += m.unexpected_log_lines()
     assert not problems, "daemon logged:\n" + "\n".join(problems)
+
+
+@pytest.fixture
+def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths this process fsyncs during the test, in order (os.fsync still runs)."""
+    paths: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return paths

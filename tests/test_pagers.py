@@ -215,16 +215,9 @@ async def test_sqlite_commits_before_acknowledging(tmp_path: Path) -> None:
 
 
 async def test_sqlite_durable_sync_fsyncs_the_wal(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, fsynced: list[str]) -> None:
     path = tmp_path / "store.db"
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = fsynced
     async with running(SQLitePager(str(path))) as kernel:
         await kernel.init()
         await kernel.ask(DataReturn(OBJ, 0, page(1), True, False),
