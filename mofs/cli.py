@@ -26,6 +26,7 @@ EXIT_MOUNTPOINT = 4
 EXIT_WRITEBACK = 5
 CONTROL_STAT = "user.mofs.stat"
 CONTROL_SYNC = "user.mofs.sync"
+CONTROL_DROP_CACHES = "user.mofs.drop_caches"
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -105,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="exit after printing N lines")
     t.add_argument("--timeout", metavar="SECONDS", type=float,
                    help="exit after SECONDS seconds")
+    d = sub.add_parser("drop-caches", help="write back, then empty every cache of a mount",
+                       description="What 'echo 3 > /proc/sys/vm/drop_caches' is to a local "
+                       "disk, for one mount: return and synchronize every dirty page, empty "
+                       "mofs's own cache and the Linux page cache, attributes and names of "
+                       "the mount. The next reads are cold.")
+    d.add_argument("mountpoint", metavar="MOUNTPOINT")
+    d.add_argument("--timeout", metavar="SECONDS", type=float, default=120.0,
+                   help="how long to wait for the write-back (default 120)")
     sub.add_parser("pagers", help="list the pager URL schemes this mofs can use",
                    description="The built-in pager schemes and the plug-ins installed under "
                    "the 'mofs.pagers' entry-point group.")
@@ -151,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             return _umount(args)
         if args.command == "trace":
             return _trace(args)
+        if args.command == "drop-caches":
+            return _drop_caches(args)
         if args.command == "pagers":
             return _pagers()
         if args.command == "pager-check":
@@ -331,6 +342,25 @@ def _umount(args: argparse.Namespace) -> int:
             raise UserError(f"unmounted {mnt}, but daemon {pid} is still writing back")
         time.sleep(0.05)
     print(f"mofs: unmounted {mnt}")
+    return 0
+
+
+def _drop_caches(args: argparse.Namespace) -> int:
+    """Ask the daemon to write back and drop its caches; wait until the kernel's names
+    are forgotten too (the daemon does that after answering)."""
+    mnt = _mofs_mount(args.mountpoint)
+    _read_stat(mnt)  # a dead daemon is a clear error, not a hang
+    try:
+        os.setxattr(mnt, CONTROL_DROP_CACHES, b"1")
+    except OSError as exc:
+        raise UserError(f"could not write back {mnt} ({exc.strerror}); caches kept",
+                        EXIT_WRITEBACK) from None
+    deadline = time.monotonic() + args.timeout
+    while int(_read_stat(mnt).get("linux_notices_pending", 0)):  # type: ignore[call-overload]
+        if time.monotonic() > deadline:
+            raise UserError(f"the kernel of {mnt} did not forget its names within "
+                            f"{args.timeout:g} s", EXIT_WRITEBACK)
+        time.sleep(0.01)
     return 0
 
 

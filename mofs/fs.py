@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from .errors import PageError, PagerFailed, PagerTimeout
 from .kernel import Kernel
@@ -552,6 +553,9 @@ class Operations(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE and name == CONTROL_PREFIX + b"sync":
             await self.sync_all()
             return
+        if inode == pyfuse3.ROOT_INODE and name == CONTROL_PREFIX + b"drop_caches":
+            await self.drop_caches()
+            return
         _check_xattr_name(name)
         if name == PAGER_XATTR:
             self._check_pager(inode, value)
@@ -594,6 +598,31 @@ class Operations(pyfuse3.Operations):
             if obj.id in self.kernel.objects:
                 await self.kernel.sync(obj.id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
         self.ns.commit(durable=True)
+
+    async def drop_caches(self) -> None:
+        """``mofs drop-caches``: what ``echo 3 > drop_caches`` is to a local disk, for this
+        mount alone. The Linux page cache of every file the kernel knows is written back
+        to us and dropped, everything is written back and synchronized, mofs's own cache
+        is emptied, and the kernel's names below the root are forgotten.
+
+        The names are forgotten after this request returns: the request holds the root
+        directory's lock, which forgetting a name in it takes too. ``mofs drop-caches``
+        waits for ``linux_notices_pending`` in the statistics to reach zero."""
+        files = [ino for ino in self.lookups if ino != pyfuse3.ROOT_INODE]
+        await trio.to_thread.run_sync(self._invalidate_data, files)
+        await self.sync_all()
+        self.kernel.drop_clean()
+        for name, ino, _ in self.ns.entries(pyfuse3.ROOT_INODE):
+            if ino in self.lookups:
+                self.kernel.notify_linux(functools.partial(
+                    pyfuse3.invalidate_entry, pyfuse3.InodeT(pyfuse3.ROOT_INODE),
+                    pyfuse3.FileNameT(name)))
+
+    @staticmethod
+    def _invalidate_data(inodes: list[int]) -> None:
+        for ino in inodes:
+            with contextlib.suppress(OSError):  # not (or no longer) known to the kernel
+                pyfuse3.invalidate_inode(pyfuse3.InodeT(ino), False)
 
     # --- the Linux page cache (called by the kernel in a worker thread) ------------------
 

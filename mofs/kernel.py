@@ -39,6 +39,7 @@ from .messages import (
     Message,
     ObjectId,
 )
+from .pages import PageState
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class Kernel:
             tuple[Callable[[], None], list[tuple[PagerConnection, Message]]]](math.inf)
         # Page data queued for the pager beyond this makes writers wait for it to catch up.
         self.max_queued = max(page_size, min(budget // 2, 64 << 20))
+        self.notices_pending = 0  # queued and running notifications
         self._nursery: trio.Nursery | None = None
         self.journal = journal
         self._precious: set[ObjectId] = set()  # objects whose pager supplied precious pages
@@ -232,6 +234,7 @@ class Kernel:
             if self.linux is not None:
                 for obj_id in flushed:
                     done = [(c, m) for c, m in held if m.object == obj_id]
+                    self.notices_pending += 1
                     self._notices.send_nowait(
                         (functools.partial(self.linux.invalidate, obj_id), done))
             wakeups, out.wakeups = out.wakeups, []
@@ -316,8 +319,29 @@ class Kernel:
                 await trio.to_thread.run_sync(notify)
             except OSError as exc:  # the kernel may not know the inode (never looked up)
                 log.debug("page-cache notification failed: %s", exc)
+            finally:
+                self.notices_pending -= 1
             for conn, msg in completions:
                 conn.send(msg)
+
+    def notify_linux(self, notify: Callable[[], None]) -> None:
+        """Queue a notification of the Linux caches (run in order, in a thread)."""
+        self.notices_pending += 1
+        self._notices.send_nowait((notify, []))
+
+    def drop_clean(self) -> int:
+        """Empty the cache as far as it can be emptied: every resident page goes, the
+        dirty and precious ones back to their pager (``mofs drop-caches``). Returns the
+        number of pages dropped; pages still being fetched stay."""
+        dropped = 0
+        for obj in list(self.objects.values()):
+            if obj.state is not ObjectState.READY:
+                continue
+            for index in [i for i, p in obj.pages.items() if p.state is PageState.RESIDENT]:
+                obj.evict(index)
+                dropped += 1
+        self._flush()
+        return dropped
 
     def _prefetched(self, obj: MemoryObject, msg: DataSupply) -> list[tuple[int, int]]:
         """Pages of a supply that nobody asked for: they go to the Linux page cache too."""
@@ -333,8 +357,7 @@ class Kernel:
             page = obj.pages.get(index)
             if page is not None and page.data is not None:
                 data = bytes(page.data[: max(0, min(obj.page_size, obj.size - offset))])
-                self._notices.send_nowait(
-                    (functools.partial(self.linux.store, obj.id, offset, data), []))
+                self.notify_linux(functools.partial(self.linux.store, obj.id, offset, data))
 
     async def _park(self, key: Key, obj: MemoryObject, *, raise_error: bool = True) -> None:
         """Send what is queued, then wait until ``key`` is woken.
@@ -525,6 +548,7 @@ class Kernel:
             "dirty_bytes": totals["dirty"] * ps,
             "precious_bytes": totals["precious"] * ps,
             "locked_pages": totals["locked"],
+            "linux_notices_pending": self.notices_pending,
             "queued_to_pager_bytes": sum(c.inbox.queued_bytes for c in self.pagers.values()),
             "pager": self.conn.name,
             "pager_failure": self.conn.failure,
