@@ -653,7 +653,7 @@ class Checker:
             elif offset >= -(-inode.size // ps) * ps:
                 past.setdefault(obj, []).append(offset)
             else:
-                if length != ps:
+                if length > ps:  # shorter is fine: trailing zeros are not stored
                     wrong.append((obj, offset, length))
                 if inode.size % ps and offset == inode.size // ps * ps:
                     tails.append(obj)
@@ -682,11 +682,9 @@ class Checker:
         for obj, offset, length in wrong:
             data = _blob(self.sql("SELECT data FROM pages WHERE object = ? AND offset = ?",
                                   (obj, offset))[0][0])
-            fixed = data[:ps].ljust(ps, b"\0")
-            self.store_page(obj, offset, fixed)
+            self.store_page(obj, offset, data[:ps])
             self.problem("page size", f"{self.path(obj)} (inode {obj}): the page at offset "
-                         f"{offset} holds {length} bytes, not {ps}",
-                         "trimmed it" if length > ps else "padded it with zeros")
+                         f"{offset} holds {length} bytes, more than {ps}", "trimmed it")
         self.check_tails(tails, wrong)
 
     def store_page(self, obj: int, offset: int, data: bytes) -> None:
@@ -695,7 +693,7 @@ class Checker:
             self.write("DELETE FROM pages WHERE object = ? AND offset = ?", (obj, offset))
         else:
             self.write("UPDATE pages SET data = ? WHERE object = ? AND offset = ?",
-                       (data, obj, offset))
+                       (data.rstrip(b"\0"), obj, offset))
 
     def check_tails(self, tails: list[int], wrong: list[tuple[int, int, int]]) -> None:
         """The last page of a file must hold zeros past the end of the file."""

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from pagers import open_pager
+from pagers import SQLitePager, open_pager
 
 from .control import Broadcast, ControlServer
 from .errors import UserError
-from .fs import Operations
+from .fs import Operations, syncfs
 from .fsck import quick_check
 from .journal import ReturnJournal
 from .kernel import Kernel
@@ -97,6 +97,8 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
         log.log(level, "%s", line)
     if ns.created:
         os.chmod(store, 0o600)  # file contents live in it: the owner's alone
+    if isinstance(pager, SQLitePager) and _same_file(pager.path, store):
+        pager.share(ns.connection, ns.sync_wal)  # the default: pages and metadata in one database
     if config.cache_size < MIN_CACHE_PAGES * ns.page_size:  # the store's page size rules
         ns.close()
         raise UserError(f"--cache-size must hold at least {MIN_CACHE_PAGES} pages of this "
@@ -128,6 +130,7 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
             pyfuse3.init(ops, mountpoint, options)
         except RuntimeError as exc:
             raise UserError(f"cannot mount on {mountpoint}: {exc}", EXIT_MOUNTPOINT) from None
+        ops.mountpoint = mountpoint
         how = "created a new store" if ns.created else "existing store"
         message = f"mounted {config.store} on {mountpoint} ({how}, pager {kernel.conn.name})"
         unmounted = False
@@ -142,6 +145,13 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
         journal.close()
         ns.close()
         trace.close()
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _listed_mount(path: str) -> bool:
@@ -162,7 +172,8 @@ async def _run(ops: Operations, control: ControlServer, ready: Callable[[], None
             log.info("replayed %d returned pages from the journal", replayed)
         for ino in ops.ns.orphans():  # open-unlinked files left by a crash
             ops.forget_orphan(ino)
-        nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(_stop_on_signal, ops)
+        nursery.start_soon(_store_times, ops)
         ready()
         try:
             await pyfuse3.main()
@@ -173,9 +184,26 @@ async def _run(ops: Operations, control: ControlServer, ready: Callable[[], None
         nursery.cancel_scope.cancel()
 
 
-async def _stop_on_signal() -> None:
+async def _store_times(ops: Operations, every: float = 1.0) -> None:
+    """Store the times of overwritten files at least this often (see Namespace.touch)."""
+    while True:
+        await trio.sleep(every)
+        try:
+            ops.ns.flush_times()
+        except OSError as exc:  # a full disk: kept in memory, tried again
+            log.debug("could not store file times yet: %s", exc)
+
+
+async def _stop_on_signal(ops: Operations) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("received %s: writing back and unmounting", signal.Signals(signum).name)
+            if ops.mountpoint is not None:
+                try:  # the Linux page cache's dirty pages first: after terminate, no one
+                    with trio.move_on_after(ops.kernel.timeout):  # could take them
+                        await trio.to_thread.run_sync(syncfs, ops.mountpoint,
+                                                      abandon_on_cancel=True)
+                except OSError as exc:
+                    log.error("could not write back the kernel's dirty pages: %s", exc)
             pyfuse3.terminate()
             return

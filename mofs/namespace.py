@@ -8,6 +8,7 @@ read-only first, so pointing mofs at the wrong file leaves it untouched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import sqlite3
@@ -28,6 +29,7 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 
 _MAGIC = b"SQLite format 3\0"
+SQLITE_PAGE_SIZE = 16384
 _COLUMNS = "ino, mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns"
 _SETTABLE = frozenset({"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "ctime_ns", "rdev"})
 _SCHEMA = """
@@ -141,6 +143,9 @@ def _create(path: str, page_size: int) -> bool:
     try:
         db = sqlite3.connect(_uri(tmp, "rwc"), uri=True, isolation_level=None)
         try:
+            # 16 KiB database pages: a 64 KiB file page is 5 of them instead of 17, which
+            # makes its write half as costly again; metadata commits cost a little more.
+            db.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
             db.execute("BEGIN")
             db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             for statement in _SCHEMA.split(";"):
@@ -176,6 +181,16 @@ def _oserror(exc: sqlite3.Error) -> OSError:
     return OSError(errno.ENOSPC if full else errno.EIO, f"metadata store: {exc}")
 
 
+def fsync_wal(database: str) -> None:
+    """fsync the write-ahead log of ``database``: its commits survive power loss then."""
+    with contextlib.suppress(FileNotFoundError):
+        fd = os.open(database + "-wal", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class Namespace:
     """One store's metadata over one read-write connection."""
 
@@ -185,6 +200,15 @@ class Namespace:
         self.created = created
         self._db = db
         self._file = os.path.abspath(path)
+        self._depth = 0  # nesting of transaction()
+        # Times of overwritten files, not yet stored: ino -> (mtime_ns, ctime_ns). They
+        # are shown at once and stored by the next transaction, commit or flush_times().
+        self._times: dict[int, tuple[int, int]] = {}
+        self._synced_changes = -1  # total_changes at the last fsync of the WAL
+        # Every xattr name the store may hold: the kernel asks for security.capability
+        # before each write, and a name no file has needs no query.
+        self._xattr_names = {bytes(r[0]) for r in
+                             db.execute("SELECT DISTINCT name FROM xattrs").fetchall()}
 
     @classmethod
     def open(cls, path: str, *, create: bool = True, page_size: int = 65536) -> Namespace:
@@ -214,21 +238,34 @@ class Namespace:
         return cls(path, db, stored, created)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.flush_times()
         self._db.close()
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The store's connection, for the store's own pager to share (one connection
+        means no cache thrown away each time the other one commits)."""
+        return self._db
 
     def commit(self, durable: bool = False) -> None:
         """Make every change so far stable; ``durable`` also survives power loss.
 
         Every method already committed its own transaction with ``synchronous=NORMAL``
-        (safe against a crash of mofs); a durable commit fsyncs the WAL and the database
-        file, which is what committing under ``synchronous=FULL`` would have done."""
-        for name in (self._file + "-wal", self._file) if durable else ():
-            with contextlib.suppress(FileNotFoundError):
-                fd = os.open(name, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        (safe against a crash of mofs); a durable commit fsyncs the WAL, which is what
+        committing under ``synchronous=FULL`` would have done. The database file needs
+        no fsync of ours: under ``synchronous=NORMAL`` every checkpoint syncs it."""
+        self.flush_times()
+        if durable:
+            self.sync_wal()
+
+    def sync_wal(self) -> None:
+        """fsync the write-ahead log, unless nothing was committed on this connection
+        since the last time (the shared pager's fsync already covered the metadata)."""
+        changes = self._db.total_changes
+        if changes != self._synced_changes:
+            fsync_wal(self._file)
+            self._synced_changes = changes
 
     def _sql(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:
@@ -237,16 +274,33 @@ class Namespace:
             raise _oserror(exc) from None
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[None]:
-        """One write transaction; rolled back if the body raises."""
+    def transaction(self) -> Iterator[None]:
+        """One write transaction around several calls (they nest into it); rolled back
+        if the body raises. One commit instead of one per call."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        if self._db.in_transaction:  # the shared connection's other user left one open
+            raise RuntimeError("a metadata transaction would nest in an open one")
         self._sql("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
+            if self._times:
+                self._store_times()
             yield
             self._sql("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
             raise
+        finally:
+            self._depth = 0
+
+    _tx = transaction
 
     def _bump(self, ino: int, nlink: int = 0, mtime: int | None = None,
               ctime: int | None = None) -> None:
@@ -292,7 +346,36 @@ class Namespace:
         rows = self._sql(f"SELECT {_COLUMNS} FROM inodes WHERE ino = ?", (ino,))
         if not rows:
             raise KeyError(ino)
-        return Inode(*rows[0])
+        return self._with_times(Inode(*rows[0]))
+
+    def _with_times(self, inode: Inode) -> Inode:
+        times = self._times.get(inode.ino)
+        if times is None:
+            return inode
+        return dataclasses.replace(inode, mtime_ns=times[0], ctime_ns=times[1])
+
+    def touch(self, ino: int, now: int) -> Inode:
+        """A write changed the file's contents at ``now``: move its mtime and ctime, in
+        memory until the next transaction or :meth:`flush_times` (like lazytime: a crash
+        may lose the times of writes nobody synchronized, never a size or a name)."""
+        inode = self.get(ino)
+        self._times[ino] = (now, now)
+        return dataclasses.replace(inode, mtime_ns=now, ctime_ns=now)
+
+    def flush_times(self) -> None:
+        """Store the times :meth:`touch` kept in memory."""
+        if self._times and not self._depth:
+            with self.transaction():
+                pass  # transaction() stores them
+
+    def _store_times(self) -> None:
+        times, self._times = self._times, {}
+        try:
+            self._db.executemany("UPDATE inodes SET mtime_ns = ?, ctime_ns = ? WHERE ino = ?",
+                                 [(m, c, ino) for ino, (m, c) in times.items()])
+        except sqlite3.Error as exc:
+            self._times = times | self._times
+            raise _oserror(exc) from None
 
     def make_inode(self, mode: int, uid: int, gid: int, rdev: int = 0,
                    target: bytes | None = None) -> Inode:
@@ -309,13 +392,23 @@ class Namespace:
     def set_attrs(self, ino: int, **fields: int) -> Inode:
         if unknown := set(fields) - _SETTABLE:
             raise TypeError(f"set_attrs got unknown fields {sorted(unknown)}")
-        if fields:
-            assignments = ", ".join(f"{key} = ?" for key in fields)
-            with self._tx():
-                self.get(ino)
-                self._sql(f"UPDATE inodes SET {assignments} WHERE ino = ?",
-                          (*(int(v) for v in fields.values()), ino))
-        return self.get(ino)
+        if not fields:
+            return self.get(ino)
+        times = self._times.pop(ino, None)
+        if times is not None:  # stored with this update, unless it sets them itself
+            fields = {"mtime_ns": times[0], "ctime_ns": times[1]} | fields
+        assignments = ", ".join(f"{key} = ?" for key in fields)
+        try:
+            rows = self._sql(f"UPDATE inodes SET {assignments} WHERE ino = ? "
+                             f"RETURNING {_COLUMNS}",
+                             (*(int(v) for v in fields.values()), ino))  # one statement
+        except OSError:
+            if times is not None:
+                self._times.setdefault(ino, times)
+            raise
+        if not rows:
+            raise KeyError(ino)
+        return Inode(*rows[0])
 
     def readlink(self, ino: int) -> bytes:
         rows = self._sql("SELECT mode, target FROM inodes WHERE ino = ?", (ino,))
@@ -449,6 +542,17 @@ class Namespace:
                          "ORDER BY id", (parent, start))
         return [(bytes(name), ino, pos) for name, ino, pos in rows]
 
+    def listing(self, parent: int, start: int = 0,
+                limit: int = 128) -> list[tuple[bytes, Inode, int]]:
+        """(name, inode, position) of up to ``limit`` entries after position ``start``:
+        what readdirplus replies, in one query (a reply holds a few dozen entries, so a
+        big directory is read in slices instead of whole for every reply)."""
+        columns = ", ".join(f"i.{c.strip()}" for c in _COLUMNS.split(","))
+        rows = self._sql(f"SELECT d.name, d.id, {columns} FROM dentries d "
+                         "JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.id > ? "
+                         "ORDER BY d.id LIMIT ?", (parent, start, limit))
+        return [(bytes(row[0]), self._with_times(Inode(*row[2:])), row[1]) for row in rows]
+
     def is_empty_dir(self, ino: int) -> bool:
         """True for a directory without entries; KeyError if no such inode."""
         if not stat.S_ISDIR(self.get(ino).mode):
@@ -456,6 +560,8 @@ class Namespace:
         return not self._sql("SELECT 1 FROM dentries WHERE parent = ? LIMIT 1", (ino,))
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
+        if name not in self._xattr_names:
+            raise KeyError(name)
         rows = self._sql("SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
         if not rows:
             raise KeyError(name)
@@ -471,6 +577,7 @@ class Namespace:
             if flags & XATTR_REPLACE and not present:
                 raise KeyError(name)
             self._sql("INSERT OR REPLACE INTO xattrs VALUES (?, ?, ?)", (ino, name, value))
+            self._xattr_names.add(name)
 
     def listxattr(self, ino: int) -> list[bytes]:
         self.get(ino)

@@ -23,10 +23,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import sqlite3
+from collections.abc import Callable
 
 from mofs.messages import ObjectId
+from mofs.namespace import fsync_wal
 
 from .kit import Pager
 
@@ -51,10 +52,26 @@ class SQLitePager(Pager):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._db: sqlite3.Connection | None = None  # opened on first use
+        self._db: sqlite3.Connection | None = None  # opened on first use, or shared
+        self._owned = False
+        self._fsync: Callable[[], None] = lambda: fsync_wal(self.path)
         self._writers: set[ObjectId] = set()  # objects written in the open transaction
         self._unsynced = False  # committed since the last fsync
         self._zeros: dict[int, bytes] = {}
+
+    def share(self, db: sqlite3.Connection, fsync: Callable[[], None]) -> None:
+        """Use the connection of the mofs store that holds our pages (the default): one
+        connection keeps its page cache, where two would each discard theirs whenever
+        the other commits. Both keep their transactions free of ``await``, so neither
+        ever finds the other's transaction open. ``fsync`` makes the connection's
+        commits durable (one fsync serves both users)."""
+        if self._db is not None:
+            raise RuntimeError("share() must come before the first page is stored")
+        try:
+            db.execute(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise _oserror(exc) from exc
+        self._db, self._owned, self._fsync = db, False, fsync
 
     def _sql(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:
@@ -64,7 +81,7 @@ class SQLitePager(Pager):
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(_SCHEMA)
-                self._db = db
+                self._db, self._owned = db, True
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise _oserror(exc) from exc
@@ -104,9 +121,9 @@ class SQLitePager(Pager):
             zeros = self._zeros[len(data)] = bytes(len(data))
         if data == zeros:
             self._write(obj, "DELETE FROM pages WHERE object = ? AND offset = ?", (obj, offset))
-        else:
+        else:  # trailing zeros are not stored (the kit pads short pages): small files stay small
             self._write(obj, "INSERT OR REPLACE INTO pages VALUES (?, ?, ?)",
-                        (obj, offset, bytes(data)))
+                        (obj, offset, bytes(data).rstrip(b"\0")))
 
     async def set_size(self, obj: ObjectId, size: int) -> None:
         """Delete the rows past ``size`` and zero the tail of a partial last page."""
@@ -121,18 +138,11 @@ class SQLitePager(Pager):
                 await self.write_page(obj, last, rows[0][0][: size - last].ljust(page, b"\0"))
 
     async def sync(self, obj: ObjectId, durable: bool) -> None:
-        """Commit; if ``durable``, also fsync the WAL and the database file."""
+        """Commit; if ``durable``, also fsync the WAL (checkpoints sync the database file
+        themselves under ``synchronous=NORMAL``)."""
         self._commit()
         if durable and self._unsynced:
-            for path in (self.path + "-wal", self.path):
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except FileNotFoundError:
-                    continue
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+            self._fsync()
             self._unsynced = False
 
     async def idle(self) -> None:
@@ -144,7 +154,8 @@ class SQLitePager(Pager):
         if self._db is None:
             return
         err = self._commit()
-        self._db.close()
+        if self._owned:
+            self._db.close()
         self._db = None
         if err:
             log.error("%s: final commit failed, errno %d: returned pages lost", self.path, err)
