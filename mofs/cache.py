@@ -41,10 +41,16 @@ class Cache:
         if entry is not None:
             self.resident_bytes -= entry[1]
 
-    def reclaim(self) -> int:
-        """Evict least recently used pages until the budget holds; return how many."""
+    def reclaim(self, in_flight: int = 0) -> int:
+        """Evict least recently used pages until the budget holds; return how many.
+
+        ``in_flight`` is page data that has left the cache but not yet reached its pager
+        (queued returns): it is memory all the same, so it counts against the budget.
+        Evicting a dirty page only turns resident bytes into queued ones, so the target
+        is fixed before evicting; the next reclaim sees the new queue."""
         count = 0
-        while self.resident_bytes > self.budget and self._lru:
+        target = max(self.budget - in_flight, 0)
+        while self.resident_bytes > target and self._lru:
             (_, index), (owner, _) = next(iter(self._lru.items()))
             owner.evict(index)  # calls remove()
             count += 1

@@ -18,6 +18,7 @@ import errno
 import functools
 import logging
 import math
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,7 +92,13 @@ class Kernel:
         self._notices, self._notices_out = trio.open_memory_channel[
             tuple[Callable[[], None], list[tuple[PagerConnection, Message]]]](math.inf)
         # Page data queued for the pager beyond this makes writers wait for it to catch up.
-        self.max_queued = max(page_size, min(budget // 2, 64 << 20))
+        self.max_queued = max(page_size, min(budget // 4, 32 << 20))
+        # A write-back keeps a clean copy of each page it returns; beyond this many dirty
+        # bytes it returns them the way eviction does, without a copy (see _shed_dirty).
+        self.copy_limit = max(page_size, min(budget // 4, 32 << 20))
+        self.max_read_ahead = min(budget // 16, 2 << 20)  # bytes past a sequential read
+        self._sequential: weakref.WeakKeyDictionary[MemoryObject, tuple[int, int]] = \
+            weakref.WeakKeyDictionary()  # per object: where the next read would start, window
         self.notices_pending = 0  # queued and running notifications
         self._nursery: trio.Nursery | None = None
         self.journal = journal
@@ -218,7 +225,7 @@ class Kernel:
         FUSE before its ``lock_completed`` goes out (decision 7); that completion is held
         back until the invalidation, run in a thread, has finished."""
         out = self.out
-        self.cache.reclaim()
+        self.cache.reclaim(sum(c.inbox.queued_bytes for c in self.pagers.values()))
         while out.messages or out.wakeups or out.invalidations:
             flushed = {obj_id for obj_id, _, _ in out.invalidations}
             out.invalidations.clear()
@@ -464,7 +471,8 @@ class Kernel:
         first, last = offset // ps, (end - 1) // ps
         while obj.state is ObjectState.INIT_SENT:
             await self._park(obj.ready_key, obj)
-        obj.request(first, last - first + 1, VM_PROT_READ)  # ask for the whole range at once
+        obj.request(first, last - first + 1, VM_PROT_READ)  # the whole range at once
+        self._read_ahead(obj, offset, end)
         parts = []
         for index in range(first, last + 1):
             while (key := obj.fault(index, VM_PROT_READ)) is not None:
@@ -475,6 +483,27 @@ class Kernel:
             parts.append(bytes(memoryview(data)[lo:hi]))
         self._flush()
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_ahead(self, obj: MemoryObject, offset: int, end: int) -> None:
+        """Ask for what a sequential reader reads next: nothing for a random reader; for
+        a sequential one a window that doubles with each read in sequence, up to
+        ``max_read_ahead``, asked for in one go whenever less than half of it is still
+        ahead of the reader. The pager sees few large requests, and works while the
+        reader reads."""
+        ps = obj.page_size
+        previous = self._sequential.get(obj)
+        window = 0
+        if previous is not None and previous[0] == offset:
+            window = min(max(previous[1] * 2, -(-(end - offset) // ps)),
+                         self.max_read_ahead // ps)
+        self._sequential[obj] = (end, window)
+        after = (end - 1) // ps + 1  # the first page past this read
+        last_page = (obj.size - 1) // ps
+        start = after
+        while start in obj.pages and start < after + window:
+            start += 1
+        if start - after < window // 2:
+            obj.request(start, min(window, last_page - start + 1), VM_PROT_READ)
 
     async def write(self, obj_id: ObjectId, offset: int, data: bytes | memoryview) -> int:
         """Write ``data`` at ``offset`` into the cache (dirty pages); return the new size."""
@@ -500,6 +529,7 @@ class Kernel:
         start = offset // ps * ps
         length = -(-(offset + length) // ps) * ps - start
         whole = start == 0 and start + length >= obj.size
+        self._shed_dirty(obj)
         while True:
             key, started = obj.begin_sync(start, length, flags)
             mark = 0
@@ -526,9 +556,22 @@ class Kernel:
                 p.dirty for p in obj.pages.values()):
             return False
         ps = obj.page_size
+        self._shed_dirty(obj)
         _, started = obj.begin_sync(0, max(-(-obj.size // ps) * ps, ps), flags)
         self._flush()
         return started
+
+    def _shed_dirty(self, obj: MemoryObject) -> None:
+        """Before a write-back of much dirty data, return it the way eviction does:
+        ``data_return`` without a kernel copy, the pages leaving the cache. A write-back
+        that kept them would hold every page twice until the pager had them all (a cache
+        of 256 MiB of dirty pages would need 512 MiB); this way one page at a time."""
+        if obj.state is not ObjectState.READY:
+            return
+        dirty = [i for i, p in obj.pages.items() if p.state is PageState.RESIDENT and p.dirty]
+        if len(dirty) * obj.page_size > self.copy_limit:
+            for index in sorted(dirty):
+                obj.evict(index)
 
     # --- observation -------------------------------------------------------------------------
 

@@ -63,6 +63,7 @@ from .pages import Page, PageEvent, PageState
 
 KERN_SUCCESS = 0
 KERN_MEMORY_PRESENT = 23
+DEFAULT_CLUSTER_BYTES = 1 << 20  # a data_request covers at most this when the pager says 0
 RETURN_RUN_PAGES = 32  # pages per data_return at most, as GNU Mach batches them
 # Copy strategies mofs accepts (decision 9); COPY_CALL and the kernel-only ones are refused.
 COPY_STRATEGIES = (MEMORY_OBJECT_COPY_NONE, MEMORY_OBJECT_COPY_DELAY, MEMORY_OBJECT_COPY_TEMPORARY)
@@ -434,8 +435,9 @@ class MemoryObject:
             )
         self.may_cache = msg.may_cache
         self.copy_strategy = msg.copy_strategy
-        if isinstance(msg, Ready):
-            self.cluster_pages = max(1, msg.cluster_size // self.page_size)
+        if isinstance(msg, Ready):  # the kernel's choice for 0: runs of up to 1 MiB
+            cluster = msg.cluster_size or DEFAULT_CLUSTER_BYTES
+            self.cluster_pages = max(1, cluster // self.page_size)
             self.silent_overwrite = msg.silent_overwrite
         if self.state is ObjectState.INIT_SENT:
             self.state = ObjectState.READY
