@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="fix what is safe to fix, in one transaction (nameless files and cut-off "
                    "directories go to /lost+found)")
     f.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    from .bench import add_parser as add_bench_parser  # mofs bench: docs/performance.md
+
+    add_bench_parser(sub)
     return p
 
 
@@ -170,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             from .fsck import main as fsck
 
             return fsck(args.store, repair=args.repair, quiet=args.quiet)
+        if args.command == "bench":
+            from .bench import main as bench
+
+            return bench(args)
         return _stat(args)
     except UserError as exc:
         print(f"mofs: {exc}", file=sys.stderr)
