@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: inferred for built-in pagers)")
     c.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
                    help="how long one answer may take (default 10)")
+    from .serve_pager import add_parser as add_serve_pager_parser  # a pager apart
+
+    add_serve_pager_parser(sub)
     f = sub.add_parser(
         "fsck", help="check that an unmounted store's metadata and pages agree",
         description="Check the store: names of missing inodes, orphans, link counts, "
@@ -169,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             return _pagers()
         if args.command == "pager-check":
             return _pager_check(args)
+        if args.command == "serve-pager":
+            from .serve_pager import main as serve_pager
+
+            return serve_pager(args)
         if args.command == "fsck":
             from .fsck import main as fsck
 

@@ -593,11 +593,22 @@ class Operations(pyfuse3.Operations):
     # --- whole-mount operations ----------------------------------------------------------
 
     async def sync_all(self) -> None:
-        """Write back every dirty page and make it and the metadata durable (``mofs umount``)."""
+        """Write back every dirty page and make it and the metadata durable (``mofs umount``).
+
+        Like syncfs(2), every object gets its write-back before the first error is
+        raised, so one failure (a full disk, pages a dead pager lost) is reported once."""
+        failed: Exception | None = None
         for obj in list(self.kernel.objects.values()):
             if obj.id in self.kernel.objects:
-                await self.kernel.sync(obj.id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
+                try:
+                    await self.kernel.sync(obj.id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
+                except (PageError, PagerFailed) as exc:
+                    # (a pager that came back restarts a failed object: a new incarnation)
+                    if obj.id in self.kernel.objects:
+                        failed = failed or exc  # else deleted meanwhile: terminate ended it
         self.ns.commit(durable=True)
+        if failed is not None:
+            raise failed
 
     async def drop_caches(self) -> None:
         """``mofs drop-caches``: what ``echo 3 > drop_caches`` is to a local disk, for this
