@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: inferred for built-in pagers)")
     c.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0,
                    help="how long one answer may take (default 10)")
+    from .serve_pager import add_parser as add_serve_pager_parser  # a pager apart
+
+    add_serve_pager_parser(sub)
     f = sub.add_parser(
         "fsck", help="check that an unmounted store's metadata and pages agree",
         description="Check the store: names of missing inodes, orphans, link counts, "
@@ -141,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="fix what is safe to fix, in one transaction (nameless files and cut-off "
                    "directories go to /lost+found)")
     f.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    from .bench import add_parser as add_bench_parser  # mofs bench: docs/performance.md
+
+    add_bench_parser(sub)
     return p
 
 
@@ -166,10 +172,18 @@ def main(argv: list[str] | None = None) -> int:
             return _pagers()
         if args.command == "pager-check":
             return _pager_check(args)
+        if args.command == "serve-pager":
+            from .serve_pager import main as serve_pager
+
+            return serve_pager(args)
         if args.command == "fsck":
             from .fsck import main as fsck
 
             return fsck(args.store, repair=args.repair, quiet=args.quiet)
+        if args.command == "bench":
+            from .bench import main as bench
+
+            return bench(args)
         return _stat(args)
     except UserError as exc:
         print(f"mofs: {exc}", file=sys.stderr)

@@ -618,18 +618,28 @@ class Operations(pyfuse3.Operations):
     async def sync_all(self) -> None:
         """Write back every dirty page and make it and the metadata durable (``mofs umount``).
 
-        With the writeback cache, dirty data may still sit in the Linux page cache: the
-        kernel is asked to write it to us first (``syncfs`` of the mount, in a thread,
-        since those writes are requests that this process serves meanwhile)."""
+        Dirty pages of shared mappings may still sit in the Linux page cache: the kernel
+        is asked to write them to us first (``syncfs`` of the mount, in a thread, since
+        those writes are requests that this process serves meanwhile). Like syncfs(2),
+        every object gets its write-back before the first error is raised, so one
+        failure (a full disk, pages a dead pager lost) is reported once."""
         if self.mountpoint is not None:
             try:
                 await trio.to_thread.run_sync(syncfs, self.mountpoint)
             except OSError as exc:  # a file's write error is its own fsync's news
                 log.debug("syncfs of %s: %s", self.mountpoint, exc)
+        failed: Exception | None = None
         for obj in list(self.kernel.objects.values()):
             if obj.id in self.kernel.objects:
-                await self.kernel.sync(obj.id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
+                try:
+                    await self.kernel.sync(obj.id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
+                except (PageError, PagerFailed) as exc:
+                    # (a pager that came back restarts a failed object: a new incarnation)
+                    if obj.id in self.kernel.objects:
+                        failed = failed or exc  # else deleted meanwhile: terminate ended it
         self.ns.commit(durable=True)
+        if failed is not None:
+            raise failed
 
     async def drop_caches(self) -> None:
         """``mofs drop-caches``: what ``echo 3 > drop_caches`` is to a local disk, for this

@@ -44,6 +44,10 @@ from .pages import PageState
 
 log = logging.getLogger(__name__)
 
+# A failed pager of another process is tried again at its files' next use; only after
+# an attempt that took long (a host that does not answer) do further ones wait this long.
+RECONNECT_INTERVAL = 5.0
+
 
 
 class LinuxPageCache(Protocol):
@@ -134,6 +138,33 @@ class Kernel:
             conn = PagerConnection(url, self.pager_factory(url), self._count)
             self.pagers[url] = conn
             self._start(conn)
+        elif conn.failure is not None and conn.reconnectable:
+            conn = self._reconnect(conn)
+        return conn
+
+    def _reconnect(self, old: PagerConnection) -> PagerConnection:
+        """A new connection to a failed pager that lives in another process, or the failed
+        one while it cannot be reached (see RECONNECT_INTERVAL)."""
+        if self.pager_factory is None or self._nursery is None or not old.may_reconnect():
+            return old
+        start = trio.current_time()
+        if start < old.retry_at:
+            return old
+        try:
+            pager = self.pager_factory(old.name)
+        except Exception as exc:
+            if trio.current_time() - start > 0.1:  # it blocks the daemon: not at every use
+                old.retry_at = trio.current_time() + RECONNECT_INTERVAL
+            log.log(logging.DEBUG if old.retried else logging.WARNING,
+                    "pager %s: cannot reconnect (%s); its files fail with EIO", old.name, exc)
+            old.retried = True
+            return old
+        conn = PagerConnection(old.name, pager, self._count)
+        self.pagers[old.name] = conn
+        if old is self.conn:
+            self.conn = conn
+        self._start(conn)
+        log.info("pager %s: reconnected; its files start again", old.name)
         return conn
 
     def _conn(self, obj_id: ObjectId) -> PagerConnection:
@@ -180,10 +211,14 @@ class Kernel:
             return
         conn.failure = why
         log.error("pager %s failed: %s", conn.name, why)
+        for obj_id, runs in conn.unconfirmed().items():
+            if not _holds(self.objects.get(obj_id), runs):  # it may not have stored them
+                self._write_errors.setdefault(obj_id, errno.EIO)  # the next fsync says so
         for obj in self.objects.values():
             if self._conn(obj.id) is conn:
                 obj.fail()
-        self._flush()
+        conn.inbox.close()  # nothing more reaches it; a pager in another process can
+        self._flush()  # then end the connection and serve our next one
 
     async def shutdown(self) -> None:
         """Return and synchronize every dirty page, terminate every object, stop the pager."""
@@ -405,7 +440,7 @@ class Kernel:
         old = self.objects.get(obj_id)
         if old is not None and old.state in (ObjectState.READY, ObjectState.INIT_SENT):
             return old
-        conn = self.conn if pager is None else self.connect(pager)
+        conn = self.connect(self.conn.name if pager is None else pager)
         if old is not None and old.state is ObjectState.DEAD and conn.failure is not None:
             return old  # the pager itself is gone: nothing to start again
         obj = MemoryObject(obj_id, self.page_size, self.cache, self.out, size)
@@ -445,8 +480,15 @@ class Kernel:
         obj = self.objects.get(obj_id)
         if obj is None:
             raise KeyError(f"memory object {obj_id} is not open")
-        if self._conn(obj_id).failure is not None and obj.state is not ObjectState.DEAD:
+        conn = self._conn(obj_id)
+        if conn.failure is not None and obj.state is not ObjectState.DEAD:
             obj.fail()
+        if obj.state is ObjectState.DEAD and conn.reconnectable:
+            # Its pager lives in another process and may be back: start the object anew
+            # (it adopts the pages the failed one kept), even for a file already open.
+            fresh = self.connect(conn.name)
+            if fresh.failure is None:
+                obj = self.open(obj_id, obj.size, None if fresh is self.conn else fresh.name)
         return obj
 
     def terminate(self, obj_id: ObjectId) -> None:
@@ -599,6 +641,20 @@ class Kernel:
                              "failure": c.failure} for url, c in self.pagers.items()},
             "messages": dict(sorted(self.messages.items())),
         }
+
+
+def _holds(obj: MemoryObject | None, runs: list[tuple[int, int]]) -> bool:
+    """Whether ``obj`` still holds every page of ``runs`` as one it must return (so a
+    failed pager loses none of them: the object keeps them for its successor)."""
+    if obj is None:
+        return False
+    ps = obj.page_size
+    for offset, length in runs:
+        for index in range(offset // ps, -(-(offset + length) // ps)):
+            page = obj.pages.get(index)
+            if page is None or page.state is not PageState.RESIDENT or not page.must_return:
+                return False
+    return True
 
 
 def errno_of(exc: BaseException) -> int:

@@ -10,6 +10,8 @@ an installed package adds a scheme through the ``mofs.pagers`` entry-point group
 entry point names a class called with ``rest`` as its single argument. A pager that is
 not packaged can be named directly: ``python:MODULE:CLASS`` or ``python:MODULE:CLASS:ARG``
 imports MODULE (from the current directory too) and calls CLASS, with ARG if given.
+``unix:PATH`` and ``tcp:HOST:PORT`` reach a pager served by ``mofs serve-pager`` in
+another process or on another host (``pagers/remote.py``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from .example import DictPager as DictPager
 from .fsspec_pager import FsspecPager as FsspecPager
 from .kit import Pager as Pager
 from .memory import MemoryPager as MemoryPager
+from .remote import RemotePager as RemotePager
 from .sqlite import SQLitePager as SQLitePager
 
-__all__ = ["DictPager", "DirectoryPager", "FsspecPager", "MemoryPager", "Pager", "SQLitePager",
-           "installed_pagers", "open_pager"]
+__all__ = ["DictPager", "DirectoryPager", "FsspecPager", "MemoryPager", "Pager", "RemotePager",
+           "SQLitePager", "installed_pagers", "open_pager"]
 
-_BUILTIN = ("dir", "fsspec+PROTO", "memory", "python", "sqlite")
+_BUILTIN = ("dir", "fsspec+PROTO", "memory", "python", "sqlite", "tcp", "unix")
 _FSSPEC = "fsspec+"
 
 
@@ -40,6 +43,8 @@ _DESCRIPTIONS = {
     "dir": "dir:PATH  one plain file per object in a directory, re-read when others change it",
     "fsspec+PROTO": "fsspec+PROTO://...  one file per object in any fsspec file system",
     "python": "python:MODULE:CLASS[:ARG]  a pager class that is not installed as a package",
+    "unix": "unix:PATH  a pager served by 'mofs serve-pager' on a Unix socket",
+    "tcp": "tcp:HOST:PORT  a pager served by 'mofs serve-pager' over TCP",
 }
 
 
@@ -52,10 +57,11 @@ def installed_pagers() -> list[tuple[str, str]]:
     return found
 
 
-def open_pager(url: str | None, store_path: str) -> Pager:
+def open_pager(url: str | None, store_path: str) -> Pager | RemotePager:
     """The pager named by ``url``; ``None`` means the store's own SQLite pager.
 
-    Raises :class:`~mofs.errors.UserError` (exit code 2) for an unknown scheme.
+    Raises :class:`~mofs.errors.UserError` (exit code 2) for an unknown scheme, and
+    (exit code 1) for a ``unix:`` or ``tcp:`` pager that cannot be reached.
     """
     if url is None:
         return SQLitePager(store_path)
@@ -72,6 +78,8 @@ def open_pager(url: str | None, store_path: str) -> Pager:
         return DirectoryPager(rest)
     if scheme.startswith(_FSSPEC):
         return _fsspec_pager(url)
+    if scheme in ("unix", "tcp"):
+        return RemotePager(url)  # connects now: a missing pager is an error at mount time
     plugins = {ep.name: ep for ep in importlib.metadata.entry_points(group="mofs.pagers")}
     if scheme in plugins:
         try:

@@ -74,6 +74,7 @@ from . import open_pager
 from .example import DictPager
 from .kit import Pager
 from .memory import MemoryPager
+from .remote import RemotePager
 from .sqlite import SQLitePager
 
 __all__ = [
@@ -940,6 +941,23 @@ def _persistence(url: str, store_path: str) -> bool | None:
     if scheme == "memory":
         return bool(rest)
     pager = open_pager(url, store_path)
+    try:
+        return persistence_of(url, pager)
+    finally:
+        if isinstance(pager, RemotePager):
+            pager.disconnect()  # opened only to ask
+
+
+def persistence_of(url: str, pager: object) -> bool | None:
+    """Whether ``pager``, opened from ``url``, keeps its pages across a new pager, if known
+    (a pager in another process says so in its hello)."""
+    scheme, _, rest = url.partition(":")
+    if scheme == "sqlite":
+        return True
+    if scheme == "memory":
+        return bool(rest)
+    if isinstance(pager, RemotePager):
+        return pager.persistent
     if isinstance(pager, MemoryPager):
         return not pager.anonymous
     if isinstance(pager, SQLitePager):
@@ -957,5 +975,6 @@ def check_pager_url(url: str, store_path: str, **kw: Any) -> list[str]:
     ``memory:`` and the dict pager do not, other pagers are not checked for durability.
     Other keywords go to :func:`check_pager`. Raises :class:`PagerCheckFailed`, or
     :class:`~mofs.errors.UserError` for a URL that names no pager."""
-    kw.setdefault("persistent", _persistence(url, store_path))
+    if kw.get("persistent") is None:  # the command line passes None for "infer"
+        kw["persistent"] = _persistence(url, store_path)
     return trio.run(functools.partial(_check_all, lambda: open_pager(url, store_path), **kw))

@@ -23,8 +23,9 @@ checker can recompute what any file should hold. Cycles: ``MOFS_SOAK`` (default 
 ``MOFS_SOAK=500`` is the soak run. ``MOFS_CRASH_SEED`` picks the random sequence (the
 failure message names it).
 
-The pagers all run inside the daemon today, so killing the daemon kills the pager with
-it; there is no separate pager process to kill (``test_kill_9_of_a_separate_pager``).
+Here the pager runs inside the daemon and dies with it. A pager in a process of its own
+(``mofs serve-pager``) is killed by ``tests/test_remote_pager.py``, which reuses this
+workload and its checks.
 """
 
 from __future__ import annotations
@@ -369,8 +370,3 @@ def test_fsynced_data_survives_kill_9_at_random_points(mount, tmp_path):
           f"{dict(unmounted)}")
     for kind in ("append", "whole", "gen", "mmap"):
         assert totals[kind] > 0, f"the workload never confirmed a {kind!r} write: {totals}"
-
-
-def test_kill_9_of_a_separate_pager():
-    pytest.skip("every pager runs inside the daemon (one process, one trio loop): there is "
-                "no separate pager process to kill; kill -9 of the daemon covers them")

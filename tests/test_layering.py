@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-CORE = ["messages.py", "pages.py", "memory_object.py", "cache.py", "errors.py"]
+CORE = ["messages.py", "pages.py", "memory_object.py", "cache.py", "errors.py", "wire.py"]
 FORBIDDEN = {"trio", "pyfuse3", "sqlite3", "sqlite_utils", "logging", "socket", "os", "asyncio"}
 MOFS = Path(__file__).resolve().parent.parent / "mofs"
 
