@@ -529,6 +529,9 @@ class Operations(pyfuse3.Operations):
         ino = self.handles[fh]
         self._note("fsync", ino, "call")
         obj = self.kernel.objects[ObjectId(ino)]
+        # Times first: when the pager shares the store's WAL, its fsync makes them durable
+        # too, and the commit below finds nothing left to fsync.
+        self.ns.flush_times()
         await self.kernel.sync(obj.id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
         self.ns.commit(durable=True)
         self._note("fsync", ino, "return")
