@@ -14,7 +14,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from .errors import StoreError
@@ -46,6 +46,11 @@ CREATE TABLE xattrs (
     ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
     PRIMARY KEY (ino, name)) WITHOUT ROWID;
 """
+# Which pages of each regular file were written (mofs.extents), and the bytes they
+# cover; a file without a row (made before this table existed) counts as fully allocated.
+# Created when absent, like the pager's and the journal's tables.
+_ALLOCATION = """CREATE TABLE IF NOT EXISTS allocation (
+    ino INTEGER PRIMARY KEY, bytes INTEGER NOT NULL, extents BLOB NOT NULL)"""
 
 
 @dataclass(slots=True)
@@ -60,6 +65,7 @@ class Inode:
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
+    allocated: int | None = field(default=None, compare=False)  # st_blocks; None: unknown
 
 
 def _uri(path: str, mode: str) -> str:
@@ -207,6 +213,7 @@ class Namespace:
             if db.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
                 raise sqlite3.OperationalError("its file system does not allow WAL mode")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_ALLOCATION)
         except sqlite3.Error as exc:
             if db is not None:
                 db.close()
@@ -289,7 +296,8 @@ class Namespace:
         return True
 
     def get(self, ino: int) -> Inode:
-        rows = self._sql(f"SELECT {_COLUMNS} FROM inodes WHERE ino = ?", (ino,))
+        rows = self._sql(f"SELECT {_COLUMNS}, (SELECT bytes FROM allocation a WHERE a.ino = "
+                         "inodes.ino) FROM inodes WHERE ino = ?", (ino,))
         if not rows:
             raise KeyError(ino)
         return Inode(*rows[0])
@@ -304,6 +312,8 @@ class Namespace:
                       "mtime_ns, ctime_ns, target) VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (mode, uid, gid, rdev, size, now, now, now, target))
             ino = self._sql("SELECT last_insert_rowid()")[0][0]
+            if stat.S_ISREG(mode):  # nothing written yet: a sparse file until written
+                self._sql("INSERT INTO allocation VALUES (?, 0, x'')", (ino,))
         return self.get(ino)
 
     def set_attrs(self, ino: int, **fields: int) -> Inode:
@@ -331,7 +341,18 @@ class Namespace:
             if self._sql("SELECT 1 FROM dentries WHERE ino = ? OR parent = ? LIMIT 1", (ino, ino)):
                 raise OSError(errno.EBUSY, f"inode {ino} still has names or entries")
             self._sql("DELETE FROM xattrs WHERE ino = ?", (ino,))
+            self._sql("DELETE FROM allocation WHERE ino = ?", (ino,))
             self._sql("DELETE FROM inodes WHERE ino = ?", (ino,))
+
+    def allocation(self, ino: int) -> bytes | None:
+        """The saved ``Extents.encode()`` of a regular file, None if it has none."""
+        rows = self._sql("SELECT extents FROM allocation WHERE ino = ?", (ino,))
+        return bytes(rows[0][0]) if rows else None
+
+    def set_allocation(self, ino: int, allocated: int, extents: bytes) -> None:
+        """Save which pages of a file were written and how many of its bytes they hold."""
+        self._sql("INSERT OR REPLACE INTO allocation VALUES (?, ?, ?)",
+                  (ino, allocated, extents))
 
     def orphans(self) -> list[int]:
         return [row[0] for row in self._sql("SELECT ino FROM inodes WHERE nlink = 0 ORDER BY ino")]
