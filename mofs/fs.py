@@ -28,6 +28,7 @@ import pyfuse3
 import trio
 
 from .errors import PageError, PagerFailed, PagerTimeout
+from .extents import Extents
 from .kernel import Kernel
 from .messages import VM_SYNC_ASYNCHRONOUS, VM_SYNC_SYNCHRONOUS, ObjectId
 from .namespace import Inode, Namespace
@@ -181,6 +182,9 @@ class Operations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self.pid = os.getpid()
         self.mountpoint: str | None = None  # once mounted
+        self.allocated: dict[int, Extents] = {}  # written pages of files in use (st_blocks)
+        self.freeing: dict[int, trio.Event] = {}  # deleted files whose pages are being dropped
+        self.nursery: trio.Nursery | None = None  # where that happens (set by mount._run)
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -197,7 +201,7 @@ class Operations(pyfuse3.Operations):
         a.st_rdev = inode.rdev
         a.st_size = inode.size
         a.st_blksize = self.ns.page_size
-        a.st_blocks = -(-inode.size // 512)
+        a.st_blocks = -(-self._allocated_bytes(inode) // 512)
         a.st_atime_ns = inode.atime_ns
         a.st_mtime_ns = inode.mtime_ns
         a.st_ctime_ns = inode.ctime_ns
@@ -255,21 +259,107 @@ class Operations(pyfuse3.Operations):
             self.kernel.open(obj_id, self.ns.get(ino).size, self._pager_of(ino))
         return obj_id
 
+    def _allocated_bytes(self, inode: Inode) -> int:
+        """Bytes of the file in pages written so far (st_blocks); see mofs.extents."""
+        extents = self.allocated.get(inode.ino)
+        if extents is not None:
+            return extents.allocated_bytes(inode.size, self.ns.page_size)
+        return inode.size if inode.allocated is None else min(inode.allocated, inode.size)
+
+    def _extents(self, ino: int, size: int) -> Extents:
+        """The written pages of a file in use, loaded from the store on first use."""
+        extents = self.allocated.get(ino)
+        if extents is None:
+            saved = self.ns.allocation(ino)
+            if saved is None:  # made before mofs kept track: count it as fully written
+                extents = Extents([(0, -(-size // self.ns.page_size))])
+                extents.changed = True
+            else:
+                extents = Extents.decode(saved)
+            self.allocated[ino] = extents
+        return extents
+
+    def _save_extents(self, ino: int, size: int | None = None, keep: bool = True) -> None:
+        """Store a file's written pages if they changed (on close, fsync and truncate).
+
+        Best effort, like the atime: a full store must not fail the close or the fsync."""
+        extents = self.allocated.get(ino) if keep else self.allocated.pop(ino, None)
+        if extents is None or not extents.changed:
+            return
+        try:
+            size = self.ns.get(ino).size if size is None else size
+            self.ns.set_allocation(ino, extents.allocated_bytes(size, self.ns.page_size),
+                                   extents.encode())
+            extents.changed = False
+        except (OSError, KeyError) as exc:
+            log.debug("written pages of inode %d not saved: %s", ino, exc)
+
+    def _truncated(self, ino: int, old: int, size: int) -> None:
+        """A truncate cuts the written pages at the new end; saved at once (not hot)."""
+        extents = self._extents(ino, old)
+        extents.cut(-(-size // self.ns.page_size))
+        extents.changed = True  # the bytes of a partial last page changed too
+        self._save_extents(ino, size, keep=self.opens[ino] > 0)
+
+    def save_allocations(self) -> None:
+        """Store the written pages of every file in use (at unmount)."""
+        for ino in list(self.allocated):
+            with contextlib.suppress(KeyError):
+                self._save_extents(ino, self.ns.get(ino).size)
+
     def _maybe_delete(self, ino: int) -> None:
-        """Free an inode once no name, no open file and no kernel reference is left."""
+        """Free an inode once no name, no open file and no kernel reference is left.
+
+        A regular file keeps its inode (link count 0) until its pager has committed
+        dropping the contents (:meth:`_free`): a crash in between leaves an orphan that
+        the next mount frees, never pages that belong to no inode."""
         try:
             inode = self.ns.get(ino)
         except KeyError:
             return
         if inode.nlink > 0 or self.opens[ino] > 0 or self.lookups[ino] > 0:
             return
-        if stat.S_ISREG(inode.mode):
-            obj_id = self._object(ino)
-            self.kernel.set_size(obj_id, 0)  # the pager drops the contents
-            self.kernel.terminate(obj_id)
-        self.ns.delete_inode(ino)
         self.lookups.pop(ino, None)
         self.opens.pop(ino, None)
+        self.allocated.pop(ino, None)
+        if not stat.S_ISREG(inode.mode):
+            self.ns.delete_inode(ino)
+        elif ino not in self.freeing and self.nursery is not None:  # else: the next mount
+            self.freeing[ino] = trio.Event()
+            self.nursery.start_soon(self._free, ino, inode.size)
+
+    async def _free(self, ino: int, size: int) -> None:
+        """Have the pager drop a deleted file's pages and commit that, then delete the inode.
+
+        An asynchronous synchronize suffices: it returns once the pager has committed,
+        which survives a crash of mofs (the default pager commits the inode's deletion to
+        the same WAL after it, so a power loss keeps that order too)."""
+        obj_id = ObjectId(ino)
+        try:
+            self.kernel.open(obj_id, size, self._pager_of(ino))  # restarts a failed object
+            for attempt in (1, 2, 3):
+                self.kernel.set_size(obj_id, 0)  # the pager drops the contents
+                try:
+                    await self.kernel.sync(obj_id, 0, 1, VM_SYNC_ASYNCHRONOUS)
+                    break
+                except PageError:  # older write errors come first: the pager's, the kernel's
+                    if attempt == 3:
+                        raise
+            self.kernel.terminate(obj_id)
+            self.ns.delete_inode(ino)
+        except Exception as exc:
+            level = logging.INFO if isinstance(exc, PagerFailed) else logging.WARNING
+            log.log(level, "could not free the pages of deleted inode %d (the next mount "
+                    "will): %s", ino, exc)
+            with contextlib.suppress(Exception):
+                self.kernel.terminate(obj_id)
+        finally:
+            self.freeing.pop(ino).set()
+
+    async def settle(self) -> None:
+        """Wait until the deleted files being freed are freed (before the pagers stop)."""
+        while self.freeing:
+            await next(iter(self.freeing.values())).wait()
 
     def file_of(self, obj_id: ObjectId) -> tuple[int, str | None] | None:
         """A file's size and pager, or None if it no longer exists (for journal replay)."""
@@ -279,7 +369,8 @@ class Operations(pyfuse3.Operations):
             return None
 
     def forget_orphan(self, ino: int) -> None:
-        """Free an inode that lost its last name while open when the daemon died."""
+        """Free an inode the daemon left without a name when it died: unlinked while open,
+        or deleted before its pager had dropped the contents."""
         self._maybe_delete(ino)
 
     def _note(self, op: str, ino: int, phase: str) -> None:
@@ -330,6 +421,7 @@ class Operations(pyfuse3.Operations):
             if stat.S_ISDIR(current.mode):
                 raise pyfuse3.FUSEError(errno.EISDIR)
             self.kernel.set_size(self._object(inode), attr.st_size)
+            self._truncated(inode, current.size, attr.st_size)
             changes.update(size=attr.st_size, mtime_ns=now)
             mode = _privileges_dropped(current, mode, Caller.of(ctx))
         if mode != current.mode:
@@ -489,6 +581,7 @@ class Operations(pyfuse3.Operations):
                 now = time.time_ns()
                 self.ns.set_attrs(inode, size=0, mtime_ns=now, ctime_ns=now,
                                   mode=_privileges_dropped(current, current.mode, caller))
+                self._truncated(inode, current.size, 0)
             except BaseException:
                 self._close_handle(fi.fh)  # the open fails: no release will come
                 raise
@@ -513,6 +606,8 @@ class Operations(pyfuse3.Operations):
         ino = self.handles[fh]
         old = self.kernel.objects[ObjectId(ino)].size
         size = await self.kernel.write(ObjectId(ino), off, buf)
+        ps = self.ns.page_size  # the pages written count for st_blocks
+        self._extents(ino, old).add(off // ps, -(-(off + len(buf)) // ps))
         now = time.time_ns()
         if size != old:  # the size at once: no page may ever lie past the stored size
             inode = self.ns.set_attrs(ino, size=size, mtime_ns=now, ctime_ns=now)
@@ -533,6 +628,7 @@ class Operations(pyfuse3.Operations):
         # too, and the commit below finds nothing left to fsync.
         self.ns.flush_times()
         await self.kernel.sync(obj.id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
+        self._save_extents(ino, obj.size)
         self.ns.commit(durable=True)
         self._note("fsync", ino, "return")
 
@@ -554,6 +650,7 @@ class Operations(pyfuse3.Operations):
         self.kernel.unmap(ObjectId(ino))
         if self.opens[ino] <= 0:
             del self.opens[ino]
+            self._save_extents(ino, keep=False)
             self._maybe_delete(ino)
 
     # --- extended attributes (and the control interface on the root) ----------------------
@@ -633,7 +730,7 @@ class Operations(pyfuse3.Operations):
                 log.debug("syncfs of %s: %s", self.mountpoint, exc)
         failed: Exception | None = None
         for obj in list(self.kernel.objects.values()):
-            if obj.id in self.kernel.objects:
+            if obj.id in self.kernel.objects and obj.id not in self.freeing:
                 try:
                     await self.kernel.sync(obj.id, 0, max(obj.size, 1), VM_SYNC_SYNCHRONOUS)
                 except (PageError, PagerFailed) as exc:

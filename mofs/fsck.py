@@ -16,9 +16,10 @@ The checks, in order (the first word of each report line is its kind):
 ``misplaced entry``        a name inside a missing inode or a non-directory; repair: move
                            it to ``/lost+found`` (or drop it if the inode has other names)
 ``directory names``        a directory with more than one name; repair: keep the oldest
-``orphan``                 an inode with no name and link count 0 (unlinked while open, or
-                           a crash between creating and naming it); repair: delete it, its
-                           xattrs and pages. A mount frees these too.
+``orphan``                 an inode with no name and link count 0 (unlinked while open, a
+                           crash between creating and naming it, or before the pager had
+                           dropped a deleted file's pages); repair: delete it, its xattrs
+                           and pages. A mount frees these too.
 ``nameless inode``         no name but a link count above 0; repair: name it in
                            ``/lost+found``
 ``unreachable directory``  a directory cycle cut off from the root; repair: move it to
@@ -298,6 +299,7 @@ class Checker:
         self.pages = 0
         self.lost_found: int | None = None
         self.has_pages = False  # the store's own pager has written pages
+        self.has_allocation = False  # the written pages of files (st_blocks) are kept
         self._virtual = -1  # ids of things a check-only pass pretends to create
 
     # --- reporting and the model ---------------------------------------------------------
@@ -364,6 +366,8 @@ class Checker:
             self.write(f"DELETE FROM {table} WHERE {column} = ?", (ino,))
         if self.has_pages:
             self.write("DELETE FROM pages WHERE object = ?", (ino,))
+        if self.has_allocation:
+            self.write("DELETE FROM allocation WHERE ino = ?", (ino,))
         del self.inodes[ino]
         self.deleted.add(ino)
 
@@ -442,6 +446,7 @@ class Checker:
 
     def run(self) -> None:
         self.has_pages = _has_table(self.db, "pages")
+        self.has_allocation = _has_table(self.db, "allocation")
         if not self.integrity():
             return
         if self.repair:
@@ -824,7 +829,8 @@ def quick_check(store: str) -> list[tuple[int, str]]:
         orphans = db.execute("SELECT count(*) FROM inodes WHERE nlink = 0").fetchone()[0]
         if orphans:
             found.append((logging.INFO, f"{store}: {_n(orphans, 'inode')} without a name (unlinked "
-                          "while open when mofs stopped); freeing them"))
+                          "while open, or deleted but not yet freed, when mofs stopped); "
+                          "freeing them"))
         dangling = db.execute("SELECT count(*) FROM dentries d WHERE NOT EXISTS "
                               "(SELECT 1 FROM inodes i WHERE i.ino = d.ino)").fetchone()[0]
         if dangling:

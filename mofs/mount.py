@@ -165,12 +165,13 @@ def _listed_mount(path: str) -> bool:
 
 async def _run(ops: Operations, control: ControlServer, ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
+        ops.nursery = nursery  # deleted files are freed here, in the background
         await nursery.start(ops.kernel.run)
         await nursery.start(control.serve)  # until the end: clients see the write-back too
         replayed = await ops.kernel.replay_journal(ops.file_of)  # returns a crash left
         if replayed:
             log.info("replayed %d returned pages from the journal", replayed)
-        for ino in ops.ns.orphans():  # open-unlinked files left by a crash
+        for ino in ops.ns.orphans():  # unlinked while open, or deleted while being freed
             ops.forget_orphan(ino)
         nursery.start_soon(_stop_on_signal, ops)
         nursery.start_soon(_store_times, ops)
@@ -179,6 +180,8 @@ async def _run(ops: Operations, control: ControlServer, ready: Callable[[], None
             await pyfuse3.main()
         finally:
             with trio.CancelScope(shield=True):
+                await ops.settle()  # deleted files: their pages go before the pagers stop
+                ops.save_allocations()
                 await ops.kernel.shutdown()
                 ops.ns.commit(durable=True)
         nursery.cancel_scope.cancel()

@@ -15,7 +15,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from .errors import StoreError
@@ -30,7 +30,9 @@ XATTR_REPLACE = 2
 
 _MAGIC = b"SQLite format 3\0"
 SQLITE_PAGE_SIZE = 16384
+WAL_CHECKPOINT_BYTES = 4 << 20
 _COLUMNS = "ino, mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns"
+_ALLOCATED = "(SELECT bytes FROM allocation a WHERE a.ino = inodes.ino)"  # st_blocks
 _SETTABLE = frozenset({"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "ctime_ns", "rdev"})
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -48,6 +50,11 @@ CREATE TABLE xattrs (
     ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
     PRIMARY KEY (ino, name)) WITHOUT ROWID;
 """
+# Which pages of each regular file were written (mofs.extents), and the bytes they
+# cover; a file without a row (made before this table existed) counts as fully allocated.
+# Created when absent, like the pager's and the journal's tables.
+_ALLOCATION = """CREATE TABLE IF NOT EXISTS allocation (
+    ino INTEGER PRIMARY KEY, bytes INTEGER NOT NULL, extents BLOB NOT NULL)"""
 
 
 @dataclass(slots=True)
@@ -62,6 +69,7 @@ class Inode:
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
+    allocated: int | None = field(default=None, compare=False)  # st_blocks; None: unknown
 
 
 def _uri(path: str, mode: str) -> str:
@@ -231,6 +239,12 @@ class Namespace:
             if db.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
                 raise sqlite3.OperationalError("its file system does not allow WAL mode")
             db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoint at 4 MiB of log whatever the page size, and give back what a
+            # big transaction grew the log to: on a full disk that space is what lets
+            # a delete go through.
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // SQLITE_PAGE_SIZE}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
+            db.execute(_ALLOCATION)
         except sqlite3.Error as exc:
             if db is not None:
                 db.close()
@@ -343,7 +357,7 @@ class Namespace:
         return True
 
     def get(self, ino: int) -> Inode:
-        rows = self._sql(f"SELECT {_COLUMNS} FROM inodes WHERE ino = ?", (ino,))
+        rows = self._sql(f"SELECT {_COLUMNS}, {_ALLOCATED} FROM inodes WHERE ino = ?", (ino,))
         if not rows:
             raise KeyError(ino)
         return self._with_times(Inode(*rows[0]))
@@ -387,6 +401,8 @@ class Namespace:
                       "mtime_ns, ctime_ns, target) VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (mode, uid, gid, rdev, size, now, now, now, target))
             ino = self._sql("SELECT last_insert_rowid()")[0][0]
+            if stat.S_ISREG(mode):  # nothing written yet: a sparse file until written
+                self._sql("INSERT INTO allocation VALUES (?, 0, x'')", (ino,))
         return self.get(ino)
 
     def set_attrs(self, ino: int, **fields: int) -> Inode:
@@ -400,7 +416,7 @@ class Namespace:
         assignments = ", ".join(f"{key} = ?" for key in fields)
         try:
             rows = self._sql(f"UPDATE inodes SET {assignments} WHERE ino = ? "
-                             f"RETURNING {_COLUMNS}",
+                             f"RETURNING {_COLUMNS}, {_ALLOCATED}",
                              (*(int(v) for v in fields.values()), ino))  # one statement
         except OSError:
             if times is not None:
@@ -424,7 +440,18 @@ class Namespace:
             if self._sql("SELECT 1 FROM dentries WHERE ino = ? OR parent = ? LIMIT 1", (ino, ino)):
                 raise OSError(errno.EBUSY, f"inode {ino} still has names or entries")
             self._sql("DELETE FROM xattrs WHERE ino = ?", (ino,))
+            self._sql("DELETE FROM allocation WHERE ino = ?", (ino,))
             self._sql("DELETE FROM inodes WHERE ino = ?", (ino,))
+
+    def allocation(self, ino: int) -> bytes | None:
+        """The saved ``Extents.encode()`` of a regular file, None if it has none."""
+        rows = self._sql("SELECT extents FROM allocation WHERE ino = ?", (ino,))
+        return bytes(rows[0][0]) if rows else None
+
+    def set_allocation(self, ino: int, allocated: int, extents: bytes) -> None:
+        """Save which pages of a file were written and how many of its bytes they hold."""
+        self._sql("INSERT OR REPLACE INTO allocation VALUES (?, ?, ?)",
+                  (ino, allocated, extents))
 
     def orphans(self) -> list[int]:
         return [row[0] for row in self._sql("SELECT ino FROM inodes WHERE nlink = 0 ORDER BY ino")]
@@ -548,9 +575,10 @@ class Namespace:
         what readdirplus replies, in one query (a reply holds a few dozen entries, so a
         big directory is read in slices instead of whole for every reply)."""
         columns = ", ".join(f"i.{c.strip()}" for c in _COLUMNS.split(","))
-        rows = self._sql(f"SELECT d.name, d.id, {columns} FROM dentries d "
-                         "JOIN inodes i ON i.ino = d.ino WHERE d.parent = ? AND d.id > ? "
-                         "ORDER BY d.id LIMIT ?", (parent, start, limit))
+        rows = self._sql(f"SELECT d.name, d.id, {columns}, a.bytes FROM dentries d "
+                         "JOIN inodes i ON i.ino = d.ino LEFT JOIN allocation a ON a.ino = d.ino "
+                         "WHERE d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?",
+                         (parent, start, limit))
         return [(bytes(row[0]), self._with_times(Inode(*row[2:])), row[1]) for row in rows]
 
     def is_empty_dir(self, ino: int) -> bool:

@@ -40,6 +40,7 @@ from mofs.messages import (
     ObjectId,
 )
 from pagers import DictPager, MemoryPager
+from pagers.sqlite import SQLitePager
 
 
 class ScriptedPager(DictPager):
@@ -158,3 +159,15 @@ class ForgetfulPager(DictPager):
 
     async def write_page(self, obj: ObjectId, offset: int, data: bytes) -> None:
         pass
+
+
+class SlowDropPager(SQLitePager):
+    """The default pager (``python:tests.scripted_pager:SlowDropPager:STORE``), stalled
+    for a minute when told to drop the stored pages of an object (``set_size(0)`` of an
+    object with rows): a kill -9 then lands while a deleted file is being freed."""
+
+    async def set_size(self, obj: ObjectId, size: int) -> None:
+        if size == 0 and self._sql("SELECT 1 FROM pages WHERE object = ? LIMIT 1", (obj,)):
+            await self.idle()  # commit first: never wait with the transaction open
+            await trio.sleep(60)
+        await super().set_size(obj, size)

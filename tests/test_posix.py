@@ -12,10 +12,11 @@ something wrong.
 What mofs cannot do like a local disk is asserted as it is, with the reason:
 ``fallocate(2)`` (pyfuse3 has no handler, so the kernel answers EOPNOTSUPP),
 SEEK_DATA/SEEK_HOLE (no ``lseek`` handler: the kernel's generic answer, the whole
-file is data), O_TMPFILE (no ``tmpfile`` handler), ``st_blocks`` (the metadata does
-not know which pages the pager holds, so it counts every byte up to the size), and the
-atime: reads served from the Linux page cache never reach mofs, so it applies the
-relatime rule when a file is opened for reading, even if nothing is then read.
+file is data), O_TMPFILE (no ``tmpfile`` handler), ``st_blocks`` (the pages written
+through mofs, at the page size of the store, not the blocks of a local disk: see
+``mofs/extents.py``), and the atime: reads served from the Linux page cache never reach
+mofs, so it applies the relatime rule when a file is opened for reading, even if nothing
+is then read.
 """
 
 from __future__ import annotations
@@ -576,9 +577,86 @@ def test_sparse_file_stores_only_written_pages(mount) -> None:
     sync(m)
     ino = os.stat(f).st_ino
     assert store_rows(m, "SELECT offset FROM pages WHERE object = ?", ino) == [(50 << 20,)]
-    # st_blocks is not sparse-aware: the metadata does not know which pages the pager
-    # holds, so it counts the whole size (an upper bound, never less than the data).
-    assert os.stat(f).st_blocks == (100 << 20) // 512
+    assert os.stat(f).st_blocks * 512 == PS  # the one page written (see the next tests)
+
+
+PS = 65536  # the page size of a store made by default
+
+
+def du(path: Path) -> int:
+    """What du(1) says the file occupies, in bytes (its st_blocks * 512)."""
+    done = subprocess.run(["du", "-B1", str(path)], capture_output=True, text=True,
+                          timeout=30, check=True)
+    return int(done.stdout.split()[0])
+
+
+def test_st_blocks_counts_the_pages_written_as_du_sees_them(mount) -> None:
+    """du of a file only truncated up is 0; one byte written in the middle of a sparse
+    file is one page; a fully written file is its whole size (in 512-byte blocks, as
+    before); a truncate down gives back the pages it cuts. The same after a remount."""
+    m = mount()
+    p = m.path
+    with open(p / "truncated", "wb") as f:
+        f.truncate(1 << 30)
+    with open(p / "middle", "wb") as f:
+        f.truncate(100 << 20)
+        f.seek(50 << 20)
+        f.write(b"x")
+    full = os.urandom((3 << 20) + 100)
+    (p / "full").write_bytes(full)
+    (p / "zeros").write_bytes(bytes(2 * PS))  # written zeros are allocated, as on ext4
+    with open(p / "cut", "wb") as f:
+        f.write(os.urandom(4 << 20))
+        f.truncate(PS + 1)
+    (p / "empty").write_bytes(b"")
+    want = {"truncated": 0, "middle": PS, "full": -(-len(full) // 512) * 512,
+            "zeros": 2 * PS, "cut": -(-(PS + 1) // 512) * 512, "empty": 0}
+
+    def seen() -> dict[str, tuple[int, int]]:
+        return {name: (os.stat(p / name).st_blocks * 512, du(p / name)) for name in want}
+
+    assert seen() == {name: (n, n) for name, n in want.items()}
+    m.umount()
+    m.start()
+    assert seen() == {name: (n, n) for name, n in want.items()}, "after a remount"
+
+
+def test_st_blocks_of_a_file_being_written(mount) -> None:
+    """While a file is open, st_blocks follows its writes and truncates at once."""
+    m = mount()
+    fd = os.open(m.path / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, 64 << 20)
+        assert os.fstat(fd).st_blocks == 0
+        os.pwrite(fd, b"a" * 10, 10 * PS + 5)
+        os.pwrite(fd, b"b" * (2 * PS), 20 * PS)
+        assert os.fstat(fd).st_blocks * 512 == 3 * PS
+        os.pwrite(fd, b"c" * 10, 10 * PS + 100)  # a page already counted
+        assert os.fstat(fd).st_blocks * 512 == 3 * PS
+        os.ftruncate(fd, 20 * PS + 512)
+        assert os.fstat(fd).st_blocks * 512 == PS + 512
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert os.stat(m.path / "f").st_blocks * 512 == PS + 512
+
+
+def test_st_blocks_of_a_file_from_before_mofs_kept_track(mount) -> None:
+    """A file without a record of its written pages (a store made before mofs kept them)
+    counts as fully written: an upper bound, never less than its data."""
+    m = mount()
+    with open(m.path / "old", "wb") as f:
+        f.truncate(10 << 20)
+        f.write(b"x")
+    ino = os.stat(m.path / "old").st_ino
+    m.umount()
+    with closing(sqlite3.connect(m.store)) as db, db:
+        db.execute("DELETE FROM allocation WHERE ino = ?", (ino,))
+    m.start()
+    assert os.stat(m.path / "old").st_blocks == (10 << 20) // 512
+    with open(m.path / "old", "r+b") as f:
+        f.truncate(3 * PS)  # now known: the pages up to the new size
+    assert os.stat(m.path / "old").st_blocks * 512 == 3 * PS
 
 
 def test_o_append_writes_from_two_processes_land_at_the_end(fs: Pair) -> None:
