@@ -609,12 +609,15 @@ class Operations(pyfuse3.Operations):
         ps = self.ns.page_size  # the pages written count for st_blocks
         self._extents(ino, old).add(off // ps, -(-(off + len(buf)) // ps))
         now = time.time_ns()
+        inode = None
         if size != old:  # the size at once: no page may ever lie past the stored size
             inode = self.ns.set_attrs(ino, size=size, mtime_ns=now, ctime_ns=now)
         else:  # an overwrite moves only the times, which are written lazily
-            inode = self.ns.touch(ino, now)
-        if inode.mode & (stat.S_ISUID | stat.S_ISGID):
-            mode = _privileges_dropped(inode, inode.mode, self.callers[fh])
+            self.ns.touch(ino, now)
+        caller = self.callers[fh]
+        if caller.uid != 0:  # root keeps set-user-ID and set-group-ID bits (CAP_FSETID)
+            inode = inode or self.ns.get(ino)
+            mode = _privileges_dropped(inode, inode.mode, caller)
             if mode != inode.mode:
                 self.ns.set_attrs(ino, mode=mode)
         return len(buf)

@@ -8,7 +8,6 @@ read-only first, so pointing mofs at the wrong file leaves it untouched.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import os
 import sqlite3
@@ -364,17 +363,16 @@ class Namespace:
 
     def _with_times(self, inode: Inode) -> Inode:
         times = self._times.get(inode.ino)
-        if times is None:
-            return inode
-        return dataclasses.replace(inode, mtime_ns=times[0], ctime_ns=times[1])
+        if times is not None:  # (a fresh instance, made from a row just read)
+            inode.mtime_ns, inode.ctime_ns = times
+        return inode
 
-    def touch(self, ino: int, now: int) -> Inode:
+    def touch(self, ino: int, now: int) -> None:
         """A write changed the file's contents at ``now``: move its mtime and ctime, in
         memory until the next transaction or :meth:`flush_times` (like lazytime: a crash
-        may lose the times of writes nobody synchronized, never a size or a name)."""
-        inode = self.get(ino)
+        may lose the times of writes nobody synchronized, never a size or a name). No
+        query: this is the cost of an overwrite."""
         self._times[ino] = (now, now)
-        return dataclasses.replace(inode, mtime_ns=now, ctime_ns=now)
 
     def flush_times(self) -> None:
         """Store the times :meth:`touch` kept in memory."""
