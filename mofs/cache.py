@@ -24,6 +24,7 @@ class Cache:
             raise ValueError("the cache budget must be positive")
         self.budget = budget
         self.resident_bytes = 0
+        self.churn = 0  # bytes of pages ever removed: memory the allocator got back
         self._lru: OrderedDict[tuple[int, int], tuple[Evictable, int]] = OrderedDict()
 
     def insert(self, owner: Evictable, key: int, index: int, nbytes: int) -> None:
@@ -40,6 +41,7 @@ class Cache:
         entry = self._lru.pop((key, index), None)
         if entry is not None:
             self.resident_bytes -= entry[1]
+            self.churn += entry[1]
 
     def reclaim(self, in_flight: int = 0) -> int:
         """Evict least recently used pages until the budget holds; return how many.

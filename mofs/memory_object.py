@@ -563,7 +563,12 @@ class MemoryObject:
 
         def flush() -> None:
             if run:
-                data = b"".join(bytes(p.data or b"") for _, p, _ in run)
+                first = run[0][1].data
+                data: bytes | bytearray
+                if len(run) == 1 and not kernel_copy and first is not None:
+                    data = first  # the page leaves the cache: its buffer goes, uncopied
+                else:
+                    data = b"".join(p.data or b"" for _, p, _ in run)
                 self.out.send(DataReturn(self.id, run[0][0] * ps, data, run[0][2], kernel_copy))
                 run.clear()
 

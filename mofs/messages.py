@@ -111,10 +111,12 @@ class DataUnlock(Message):
 @dataclass(frozen=True, slots=True)
 class DataReturn(Message):
     """memory_object_data_return: pages written back. ``dirty`` is false for an
-    unmodified precious page; ``kernel_copy`` says the kernel kept a clean copy."""
+    unmodified precious page; ``kernel_copy`` says the kernel kept a clean copy. Without
+    one, ``data`` may be the evicted page's own buffer (a bytearray nobody else holds),
+    handed over instead of copied; treat it as read-only."""
 
     offset: int
-    data: bytes
+    data: bytes | bytearray
     dirty: bool
     kernel_copy: bool
 

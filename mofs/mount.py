@@ -7,6 +7,7 @@ and the metadata committed durably, before the process exits.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -78,6 +79,22 @@ def check_sizes(config: MountConfig) -> None:
     ps = config.page_size
     if ps < 4096 or ps & (ps - 1):
         raise UserError(f"--page-size {ps} is not a power of two of at least 4096", 2)
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0): hand the free memory inside the heap back to the system.
+
+    Pages of 64 KiB come and go all the time, among messages of every size, and glibc
+    keeps freed heap memory: after a copy of 1 GiB through a 256 MiB cache had been
+    written back, the daemon still held 314 MB, and 44 MB after a trim. (Making glibc
+    map each page on its own frees it too, but a cold read then ran at a fifth of its
+    speed: every page cost an mmap, an munmap and its page faults.)"""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc: its allocator's own business
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
 
 
 def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
@@ -174,7 +191,7 @@ async def _run(ops: Operations, control: ControlServer, ready: Callable[[], None
         for ino in ops.ns.orphans():  # unlinked while open, or deleted while being freed
             ops.forget_orphan(ino)
         nursery.start_soon(_stop_on_signal, ops)
-        nursery.start_soon(_store_times, ops)
+        nursery.start_soon(_housekeeping, ops)
         ready()
         try:
             await pyfuse3.main()
@@ -187,14 +204,26 @@ async def _run(ops: Operations, control: ControlServer, ready: Callable[[], None
         nursery.cancel_scope.cancel()
 
 
-async def _store_times(ops: Operations, every: float = 1.0) -> None:
-    """Store the times of overwritten files at least this often (see Namespace.touch)."""
+async def _housekeeping(ops: Operations, every: float = 0.25) -> None:
+    """Store the times of overwritten files (see Namespace.touch) at least once a second,
+    and give freed memory back to the system when pages have come and gone."""
+    trim = _malloc_trim()
+    last_times = trio.current_time()
+    churn = ops.kernel.cache.churn
     while True:
         await trio.sleep(every)
-        try:
-            ops.ns.flush_times()
-        except OSError as exc:  # a full disk: kept in memory, tried again
-            log.debug("could not store file times yet: %s", exc)
+        if trio.current_time() - last_times >= 1.0:
+            last_times = trio.current_time()
+            try:
+                ops.ns.flush_times()
+            except OSError as exc:  # a full disk: kept in memory, tried again
+                log.debug("could not store file times yet: %s", exc)
+        if ops.kernel.cache.churn - churn >= TRIM_AFTER_BYTES:
+            churn = ops.kernel.cache.churn
+            trim()
+
+
+TRIM_AFTER_BYTES = 32 << 20  # of pages dropped from the cache
 
 
 async def _stop_on_signal(ops: Operations) -> None:

@@ -39,7 +39,8 @@ class WireError(RemoteProtocolError):
 
 def _kinds(cls: type[Message]) -> tuple[tuple[str, type], ...]:
     """(field name, int/bool/bytes) for each field, from the dataclass annotations."""
-    kinds = {"int": int, "ObjectId": int, "bool": bool, "bytes": bytes}
+    kinds = {"int": int, "ObjectId": int, "bool": bool, "bytes": bytes,
+             "bytes | bytearray": bytes}  # (an evicted page's buffer travels as bytes)
     out = []
     for f in fields(cls):
         kind = kinds.get(str(f.type))

@@ -229,9 +229,10 @@ class Pager:
             await self._data_request(msg, outbox)
         elif isinstance(msg, DataReturn):
             size = self.page_size(obj)
-            for at in range(0, len(msg.data), size):
-                await self._guard(obj, "write_page", self.write_page(
-                    obj, msg.offset + at, msg.data[at:at + size]))
+            whole = bytes(msg.data)  # one copy at most; a bytes message is not copied
+            for at in range(0, len(whole), size):
+                page = whole if len(whole) == size else whole[at:at + size]
+                await self._guard(obj, "write_page", self.write_page(obj, msg.offset + at, page))
         elif isinstance(msg, Synchronize):
             durable = bool(msg.sync_flags & VM_SYNC_SYNCHRONOUS)
             await self._guard(obj, "sync", self.sync(obj, durable))
