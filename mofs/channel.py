@@ -79,6 +79,11 @@ class Channel:
         if self.queued_bytes > limit:
             await self._drained.wait()
 
+    def abandon(self) -> None:
+        """The receiver is gone for good (a dead pager): wake whoever waits for it to
+        catch up, instead of letting them wait out their timeout."""
+        self._drained.set()
+
     def close(self) -> None:
         """No more messages; the receiver gets ``trio.EndOfChannel`` after the queue."""
         self.closed = True

@@ -218,6 +218,7 @@ class Kernel:
             if self._conn(obj.id) is conn:
                 obj.fail()
         conn.inbox.close()  # nothing more reaches it; a pager in another process can
+        conn.inbox.abandon()  # writers waiting for it to catch up wake and get EIO
         self._flush()  # then end the connection and serve our next one
 
     async def shutdown(self) -> None:
@@ -425,6 +426,8 @@ class Kernel:
         if conn.inbox.queued_bytes > self.max_queued:
             with trio.move_on_after(self.timeout) as scope:
                 await conn.inbox.wait_drained(self.max_queued)
+            if conn.failure is not None:
+                raise PagerFailed(f"pager {conn.name} failed: {conn.failure}")
             if scope.cancelled_caught:
                 raise PagerTimeout(f"pager {conn.name} read none of its queued messages "
                                    f"within {self.timeout:g} s")
