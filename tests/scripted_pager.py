@@ -16,6 +16,8 @@ connects to SOCKET and sends JSON lines. Each command is answered with ``ok``:
 - ``{"op": "bug", "object": N}`` makes read_page raise ValueError (a pager bug);
 - ``{"op": "twice", "object": N}`` answers every read of N a second time, with junk;
 - ``{"op": "hang", "object": N}`` makes every later read of object N wait forever;
+- ``{"op": "hang_writes"}`` makes every later returned page wait forever (its bytes
+  stay queued, so writers meet back-pressure);
 - ``{"op": "write_lock", "on": true}`` supplies pages write-locked (``data_unlock`` on
   the first write);
 - ``{"op": "refuse_unlock", "errno": 28}`` refuses unlocks with that errno (0 grants).
@@ -48,6 +50,7 @@ class ScriptedPager(DictPager):
         super().__init__()
         self.socket_path = socket_path
         self.hung: set[int] = set()
+        self.writes_hung = False
         self.refuse = 0
         self.failing: dict[int, int] = {}
         self.write_errno = 0
@@ -68,6 +71,8 @@ class ScriptedPager(DictPager):
         return await super().read_page(obj, offset, length)
 
     async def write_page(self, obj: ObjectId, offset: int, data: bytes) -> None:
+        if self.writes_hung:
+            await trio.sleep_forever()
         if self.write_errno:
             raise OSError(self.write_errno, os.strerror(self.write_errno))
         await super().write_page(obj, offset, data)
@@ -137,6 +142,8 @@ class ScriptedPager(DictPager):
             self.failing[cmd["object"]] = cmd["errno"]
         elif op == "hang":
             self.hung.add(cmd["object"])
+        elif op == "hang_writes":
+            self.writes_hung = True
         elif op == "write_lock":
             self.lock_value = VM_PROT_WRITE if cmd["on"] else VM_PROT_NONE
         elif op == "refuse_unlock":

@@ -8,6 +8,8 @@ import mmap
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -190,6 +192,41 @@ def test_edge_23_a_pager_that_breaks_the_protocol_is_marked_failed_and_readers_g
     failures = [line for line in m.log.read_text().splitlines() if "broke the protocol" in line]
     assert len(failures) == 1 and "data_supply" in failures[0]
     assert m.stat()["pager_failure"]
+
+
+WRITE_UNTIL_EIO = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)
+chunk = os.urandom(1 << 20)
+try:
+    for _ in range(64):
+        os.write(fd, chunk)
+        print("wrote", flush=True)
+except OSError as e:
+    print("errno", e.errno, time.monotonic(), flush=True)
+"""
+
+
+def test_a_writer_held_back_by_a_stuck_pager_gets_eio_as_soon_as_the_pager_fails(scripted):
+    m, control = scripted("--cache-size", "1M", "--pager-timeout", "8")
+    m.expected_log += [r"pager .* failed: broke the protocol", r"EIO|did not|unreported"]
+    (m.path / "f").write_bytes(b"")
+    ino = os.stat(m.path / "f").st_ino
+    control(op="hang_writes")  # returned pages stay queued: writers meet back-pressure
+    writer = subprocess.Popen([sys.executable, "-c", WRITE_UNTIL_EIO, str(m.path / "f")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: m.stat()["queued_to_pager_bytes"] > 0, "queued returns")
+        time.sleep(1)  # the writer is now waiting for the pager to catch up
+        assert writer.poll() is None
+        failed_at = time.monotonic()
+        control(op="garbage", object=ino)  # the pager breaks the protocol: it is dead
+        out, _ = writer.communicate(timeout=30)
+    finally:
+        writer.kill()
+    last = out.splitlines()[-1].split()
+    assert last[:2] == ["errno", str(errno.EIO)], out
+    assert float(last[2]) - failed_at < 4  # at once, not after the 8 s pager timeout
 
 
 def test_edge_05_data_error_reason_is_the_readers_errno_and_a_retry_works(scripted):
