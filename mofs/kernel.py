@@ -277,9 +277,7 @@ class Kernel:
             if self.linux is not None:
                 for obj_id in flushed:
                     done = [(c, m) for c, m in held if m.object == obj_id]
-                    self.notices_pending += 1
-                    self._notices.send_nowait(
-                        (functools.partial(self.linux.invalidate, obj_id), done))
+                    self.notify_linux(functools.partial(self.linux.invalidate, obj_id), done)
             wakeups, out.wakeups = out.wakeups, []
             for key, error in wakeups:
                 waiter = self._waiters.pop(key, None)
@@ -367,10 +365,12 @@ class Kernel:
             for conn, msg in completions:
                 conn.send(msg)
 
-    def notify_linux(self, notify: Callable[[], None]) -> None:
-        """Queue a notification of the Linux caches (run in order, in a thread)."""
+    def notify_linux(self, notify: Callable[[], None],
+                     completions: list[tuple[PagerConnection, Message]] | None = None) -> None:
+        """Queue a notification of the Linux caches (run in order, in a thread); the
+        ``completions`` are sent to their pagers once it has run."""
         self.notices_pending += 1
-        self._notices.send_nowait((notify, []))
+        self._notices.send_nowait((notify, completions or []))
 
     def drop_clean(self) -> int:
         """Empty the cache as far as it can be emptied: every resident page goes, the

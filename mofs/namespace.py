@@ -313,7 +313,6 @@ class Namespace:
         finally:
             self._depth = 0
 
-    _tx = transaction
 
     def _bump(self, ino: int, nlink: int = 0, mtime: int | None = None,
               ctime: int | None = None) -> None:
@@ -394,7 +393,7 @@ class Namespace:
         """A new inode with no names yet (nlink 0); :meth:`link` gives it one."""
         now = time.time_ns()
         size = len(target) if target is not None else 0
-        with self._tx():
+        with self.transaction():
             self._sql("INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, atime_ns, "
                       "mtime_ns, ctime_ns, target) VALUES (?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
                       (mode, uid, gid, rdev, size, now, now, now, target))
@@ -434,7 +433,7 @@ class Namespace:
 
     def delete_inode(self, ino: int) -> None:
         """Forget an inode that has no names left, with its xattrs."""
-        with self._tx():
+        with self.transaction():
             if self._sql("SELECT 1 FROM dentries WHERE ino = ? OR parent = ? LIMIT 1", (ino, ino)):
                 raise OSError(errno.EBUSY, f"inode {ino} still has names or entries")
             self._sql("DELETE FROM xattrs WHERE ino = ?", (ino,))
@@ -470,7 +469,7 @@ class Namespace:
     def link(self, parent: int, name: bytes, ino: int) -> None:
         """Add the name; a directory gets its only name plus '.', and '..' in ``parent``."""
         now = time.time_ns()
-        with self._tx():
+        with self.transaction():
             self._dir(parent)
             inode = self.get(ino)
             if self.lookup(parent, name) is not None:
@@ -486,7 +485,7 @@ class Namespace:
     def unlink(self, parent: int, name: bytes) -> Inode:
         """Remove the name (a directory only when empty) and return the inode as it is now."""
         now = time.time_ns()
-        with self._tx():
+        with self.transaction():
             dentry, ino = self._entry(parent, name)
             isdir = stat.S_ISDIR(self.get(ino).mode)
             if isdir and not self.is_empty_dir(ino):
@@ -503,7 +502,7 @@ class Namespace:
         if flags not in (0, RENAME_NOREPLACE, RENAME_EXCHANGE):
             raise OSError(errno.EINVAL, f"bad rename flags {flags}")
         now = time.time_ns()
-        with self._tx():
+        with self.transaction():
             self._dir(old_parent)
             self._dir(new_parent)
             src_id, src = self._entry(old_parent, old_name)
@@ -594,7 +593,7 @@ class Namespace:
         return bytes(rows[0][0])
 
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        with self._tx():
+        with self.transaction():
             self.get(ino)
             present = bool(self._sql("SELECT 1 FROM xattrs WHERE ino = ? AND name = ?",
                                      (ino, name)))
@@ -611,7 +610,7 @@ class Namespace:
         return [bytes(row[0]) for row in rows]
 
     def removexattr(self, ino: int, name: bytes) -> None:
-        with self._tx():
+        with self.transaction():
             self.getxattr(ino, name)
             self._sql("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
 
