@@ -187,7 +187,9 @@ def test_a_peer_that_is_not_a_willing_pager_is_a_one_line_error(
 async def test_serve_raises_when_the_peer_drops_or_answers_nonsense(
         tmp_path: Path, after_hello: bytes, error: type[Exception], why: str) -> None:
     path = tmp_path / "fake.sock"
-    thread = fake_pager(path, lambda c: c.sendall(pager_hello() + after_hello))
+    # The peer reads what the kernel sends (its init) before hanging up: closing with
+    # that unread would reset the connection, and the kernel would never see the frame.
+    thread = fake_pager(path, lambda c: (c.sendall(pager_hello() + after_hello), c.recv(4096)))
     pager = RemotePager(f"unix:{path}")
     assert (pager.precious, pager.persistent) == (False, False)
     inbox, outbox = Channel(), Channel()
