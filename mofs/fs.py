@@ -137,10 +137,12 @@ class Caller:
     gid: int
     pid: int
     noatime: bool = False
+    writable: bool = False  # opened for writing
 
     @classmethod
     def of(cls, ctx: pyfuse3.RequestContext, flags: int = 0) -> Caller:
-        return cls(ctx.uid, ctx.gid, ctx.pid, bool(flags & os.O_NOATIME))
+        return cls(ctx.uid, ctx.gid, ctx.pid, bool(flags & os.O_NOATIME),
+                   flags & os.O_ACCMODE != os.O_RDONLY)
 
 
 def _privileges_dropped(inode: Inode, mode: int, caller: Caller) -> int:
@@ -411,6 +413,8 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> Any:
+        if fields.update_size:  # stores queued before were copied at the old size
+            await self.kernel.notices.settle(ObjectId(inode))
         now = time.time_ns()
         changes: dict[str, int] = {}
         current = self.ns.get(inode)
@@ -541,10 +545,12 @@ class Operations(pyfuse3.Operations):
 
     # --- files ---------------------------------------------------------------------------
 
-    def _open_handle(self, ino: int, caller: Caller) -> pyfuse3.FileInfo:
+    async def _open_handle(self, ino: int, caller: Caller) -> pyfuse3.FileInfo:
         # (a failed object starts anew here)
         self.kernel.open(ObjectId(ino), self.ns.get(ino).size, self._pager_of(ino))
-        self.kernel.map(ObjectId(ino))
+        self.kernel.map(ObjectId(ino), writable=caller.writable)
+        if caller.writable:  # no speculative store may land after this handle's writes
+            await self.kernel.notices.settle(ObjectId(ino))
         fh = next(self._fh)
         self.handles[fh] = ino
         self.callers[fh] = caller
@@ -571,7 +577,7 @@ class Operations(pyfuse3.Operations):
                 # expire; attributes only, so this cannot block (no writeback cache)
                 with contextlib.suppress(OSError):
                     pyfuse3.invalidate_inode(pyfuse3.InodeT(inode), True)
-        fi = self._open_handle(inode, caller)
+        fi = await self._open_handle(inode, caller)
         if flags & os.O_TRUNC and stat.S_ISREG(current.mode):
             # libfuse asks for FUSE_CAP_ATOMIC_O_TRUNC, so the kernel passes O_TRUNC to
             # open and sends no setattr: truncating is up to us (the kernel has checked
@@ -591,7 +597,7 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> Any:
         inode = self._new(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
-        return self._open_handle(inode.ino, Caller.of(ctx, flags)), self._attrs(inode)
+        return await self._open_handle(inode.ino, Caller.of(ctx, flags)), self._attrs(inode)
 
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -648,9 +654,9 @@ class Operations(pyfuse3.Operations):
 
     def _close_handle(self, fh: int) -> None:
         ino = self.handles.pop(fh)
-        self.callers.pop(fh, None)
+        caller = self.callers.pop(fh, None)
         self.opens[ino] -= 1
-        self.kernel.unmap(ObjectId(ino))
+        self.kernel.unmap(ObjectId(ino), writable=caller is not None and caller.writable)
         if self.opens[ino] <= 0:
             del self.opens[ino]
             self._save_extents(ino, keep=False)

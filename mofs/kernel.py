@@ -9,7 +9,7 @@ key until the pager's answer wakes it, or until the pager timeout fails it with
 Checkpoints (see docs/internals.md): state changes only inside the core's synchronous
 methods, so other tasks interleave only at the ``await``s here: ``_park`` (waiting for a
 pager answer), ``_backpressure`` (waiting for a pager to read queued page data), the
-notifier thread hand-off in ``_notify_linux``, and the pagers' own tasks.
+notifier thread hand-off in ``linux_cache``, and the pagers' own tasks.
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import math
 import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import trio
 
@@ -30,6 +28,7 @@ from .cache import Cache
 from .connection import PagerConnection, Tracer
 from .errors import PageError, PagerFailed, PagerTimeout, RemoteProtocolError
 from .journal import ReturnJournal
+from .linux_cache import LinuxNotices, LinuxPageCache
 from .memory_object import Key, MemoryObject, ObjectState, Outbox
 from .messages import (
     VM_PROT_READ,
@@ -48,14 +47,6 @@ log = logging.getLogger(__name__)
 # an attempt that took long (a host that does not answer) do further ones wait this long.
 RECONNECT_INTERVAL = 5.0
 
-
-
-class LinuxPageCache(Protocol):
-    """The page cache above FUSE, as the kernel reaches it (pyfuse3 notifications)."""
-
-    def invalidate(self, obj_id: ObjectId) -> None: ...
-
-    def store(self, obj_id: ObjectId, offset: int, data: bytes) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -92,9 +83,7 @@ class Kernel:
         self.route: dict[ObjectId, PagerConnection] = {}  # objects not here use the default
         self.pager_factory = pager_factory
         self.linux: LinuxPageCache | None = None
-        # Notifications for the Linux page cache run one at a time, in order, in a thread.
-        self._notices, self._notices_out = trio.open_memory_channel[
-            tuple[Callable[[], None], list[tuple[PagerConnection, Message]]]](math.inf)
+        self.notices = LinuxNotices()  # run one at a time, in order, in a thread
         # Page data queued for the pager beyond this makes writers wait for it to catch up.
         self.max_queued = max(page_size, min(budget // 4, 32 << 20))
         # A write-back keeps a clean copy of each page it returns; beyond this many dirty
@@ -103,7 +92,6 @@ class Kernel:
         self.max_read_ahead = min(budget // 16, 2 << 20)  # bytes past a sequential read
         self._sequential: weakref.WeakKeyDictionary[MemoryObject, tuple[int, int]] = \
             weakref.WeakKeyDictionary()  # per object: where the next read would start, window
-        self.notices_pending = 0  # queued and running notifications
         self._nursery: trio.Nursery | None = None
         self.journal = journal
         self._precious: set[ObjectId] = set()  # objects whose pager supplied precious pages
@@ -119,7 +107,7 @@ class Kernel:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._start(self.conn)
-            nursery.start_soon(self._notify_linux)
+            nursery.start_soon(self.notices.run)
             task_status.started()
 
     def _start(self, conn: PagerConnection) -> None:
@@ -350,27 +338,14 @@ class Kernel:
             await self.sync(obj_id, 0, max(size, 1), VM_SYNC_SYNCHRONOUS)
         return pages
 
-    async def _notify_linux(self) -> None:
-        """Run page-cache notifications in order, each in a thread, then send what waited.
-
-        pyfuse3 warns that invalidation may block, and it must never run inside the FUSE
-        request that caused it: a thread keeps the trio loop serving requests meanwhile."""
-        async for notify, completions in self._notices_out:
-            try:
-                await trio.to_thread.run_sync(notify)
-            except OSError as exc:  # the kernel may not know the inode (never looked up)
-                log.debug("page-cache notification failed: %s", exc)
-            finally:
-                self.notices_pending -= 1
-            for conn, msg in completions:
-                conn.send(msg)
-
     def notify_linux(self, notify: Callable[[], None],
                      completions: list[tuple[PagerConnection, Message]] | None = None) -> None:
         """Queue a notification of the Linux caches (run in order, in a thread); the
         ``completions`` are sent to their pagers once it has run."""
-        self.notices_pending += 1
-        self._notices.send_nowait((notify, completions or []))
+        def send() -> None:
+            for conn, msg in completions or ():
+                conn.send(msg)
+        self.notices.queue(notify, send if completions else None)
 
     def drop_clean(self) -> int:
         """Empty the cache as far as it can be emptied: every resident page goes, the
@@ -394,13 +369,17 @@ class Kernel:
                 if index not in obj.pages and index * ps < obj.size]
 
     def _store_prefetched(self, obj: MemoryObject, pages: list[tuple[int, int]]) -> None:
-        if self.linux is None:
-            return
         for index, offset in pages:
             page = obj.pages.get(index)
             if page is not None and page.data is not None:
-                data = bytes(page.data[: max(0, min(obj.page_size, obj.size - offset))])
-                self.notify_linux(functools.partial(self.linux.store, obj.id, offset, data))
+                self._store(obj, offset, memoryview(page.data)[: obj.page_size])
+
+    def _store(self, obj: MemoryObject, offset: int, data: bytes | memoryview) -> None:
+        """Copy bytes nobody has read yet into the Linux page cache (if no handle of the
+        file is open for writing), so that reading them does not come back to us."""
+        if self.linux is not None:
+            data = data[: max(0, obj.size - offset)]  # never past the end: it sets i_size
+            self.notices.store(obj.id, offset, bytes(data), self.linux)
 
     async def _park(self, key: Key, obj: MemoryObject, *, raise_error: bool = True) -> None:
         """Send what is queued, then wait until ``key`` is woken.
@@ -463,13 +442,18 @@ class Kernel:
         self._flush()
         return obj
 
-    def map(self, obj_id: ObjectId) -> None:
-        """An open file starts using the object."""
+    def map(self, obj_id: ObjectId, *, writable: bool = False) -> None:
+        """An open file starts using the object. Await ``notices.settle`` before using
+        a writable one (see mofs.linux_cache)."""
         self.objects[obj_id].map()
+        if writable:
+            self.notices.writer_opened(obj_id)
 
-    def unmap(self, obj_id: ObjectId) -> None:
+    def unmap(self, obj_id: ObjectId, *, writable: bool = False) -> None:
         """An open file is closed; the last close terminates an object the pager did not
         allow to be cached."""
+        if writable:
+            self.notices.writer_closed(obj_id)
         obj = self.objects.get(obj_id)
         if obj is None or obj.mapped == 0:
             return
@@ -507,7 +491,11 @@ class Kernel:
         self._flush()
 
     async def read(self, obj_id: ObjectId, offset: int, size: int) -> bytes:
-        """Up to ``size`` bytes at ``offset``, faulting in missing pages (short at EOF)."""
+        """Up to ``size`` bytes at ``offset``, faulting in missing pages (short at EOF).
+
+        A page fetched for a read that does not cover it all goes to the Linux page cache
+        whole: a random reader then finds its neighbours there instead of asking us (and
+        the pager) again for each 4 KiB of it."""
         obj = self._usable(obj_id)
         end = min(offset + size, obj.size)
         if end <= offset:
@@ -520,12 +508,17 @@ class Kernel:
         self._read_ahead(obj, offset, end)
         parts = []
         for index in range(first, last + 1):
+            fetched = False
             while (key := obj.fault(index, VM_PROT_READ)) is not None:
+                fetched = True
                 await self._park(key, obj)
-            data = obj.page_data(index)
             base = index * ps
             lo, hi = max(offset, base) - base, min(end, base + ps) - base
-            parts.append(bytes(memoryview(data)[lo:hi]))
+            with memoryview(obj.page_data(index)) as view:  # released before any await
+                parts.append(bytes(view[lo:hi]))
+                if fetched:
+                    self._store(obj, base, view[:lo])
+                    self._store(obj, base + hi, view[hi:])
         self._flush()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -636,7 +629,8 @@ class Kernel:
             "dirty_bytes": totals["dirty"] * ps,
             "precious_bytes": totals["precious"] * ps,
             "locked_pages": totals["locked"],
-            "linux_notices_pending": self.notices_pending,
+            "linux_notices_pending": self.notices.pending,
+            "linux_stores": self.notices.stores,
             "queued_to_pager_bytes": sum(c.inbox.queued_bytes for c in self.pagers.values()),
             "pager": self.conn.name,
             "pager_failure": self.conn.failure,
