@@ -51,7 +51,10 @@ class ReturnJournal:
         self.pending_bytes += sum(len(r[2]) for r in rows)
 
     def mark(self) -> int:
-        """The newest sequence number; rows up to it are covered by a sync started now."""
+        """The newest sequence number; rows up to it are covered by a sync started now.
+        0 when the journal is empty (no query: every fsync asks)."""
+        if not self.pending_bytes:
+            return 0
         return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM return_journal").fetchone()[0]
 
     def prune(self, obj: ObjectId, upto: int) -> None:
