@@ -55,6 +55,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from pagers.slots import SLOT
+from pagers.sqlite import data_path
+
 from .errors import StoreError, UserError
 from .namespace import ROOT_INODE, _check_existing, _uri
 
@@ -284,8 +287,11 @@ class Checker:
     """One pass over a store: check, and with ``repair`` fix, in one transaction."""
 
     def __init__(self, db: sqlite3.Connection, page_size: int, *, repair: bool,
-                 emit: Callable[[Problem], None], progress: Progress) -> None:
+                 emit: Callable[[Problem], None], progress: Progress,
+                 data_file: str | None = None) -> None:
         self.db = db
+        self.data_file = data_file  # the slots of pages too long for a row
+        self.has_slots = False
         self.page_size = page_size
         self.repair = repair
         self.emit = emit
@@ -446,6 +452,8 @@ class Checker:
 
     def run(self) -> None:
         self.has_pages = _has_table(self.db, "pages")
+        self.has_slots = self.has_pages and "slot" in {
+            row[1] for row in self.db.execute("PRAGMA table_info(pages)")}
         self.has_allocation = _has_table(self.db, "allocation")
         if not self.integrity():
             return
@@ -643,14 +651,25 @@ class Checker:
         misaligned: dict[int, list[int]] = {}
         wrong: list[tuple[int, int, int]] = []
         tails: list[int] = []  # files with a partial last page that has a row
+        bad_slots: list[tuple[int, int, str]] = []
+        named: dict[int, tuple[int, int]] = {}  # slot -> the first page naming it
+        data_size = self._data_size()
         n = 0
-        for obj, offset, length in self.db.execute(
-                "SELECT object, offset, length(data) FROM pages ORDER BY object, offset"):
+        columns = "coalesce(length, length(data)), slot" if self.has_slots \
+            else "length(data), NULL"
+        for obj, offset, length, slot in self.db.execute(
+                f"SELECT object, offset, {columns} FROM pages ORDER BY object, offset"):
             n += 1
             self.progress.count("pages", n, total)
             inode = self.inodes.get(obj)
             if obj in self.deleted:
                 continue
+            if slot is not None:
+                why = self._bad_slot(slot, length, data_size, named.get(slot))
+                if why:
+                    bad_slots.append((obj, offset, why))
+                    continue
+                named[slot] = (obj, offset)
             if inode is None or not stat.S_ISREG(inode.mode):
                 stray[obj] = stray.get(obj, 0) + 1
             elif not isinstance(offset, int) or offset < 0 or offset % ps:
@@ -664,6 +683,10 @@ class Checker:
                     tails.append(obj)
         self.pages = n
         self.progress.clear()
+        for obj, offset, why in bad_slots:
+            self.write("DELETE FROM pages WHERE object = ? AND offset = ?", (obj, offset))
+            self.problem("page slot", f"{self.path(obj)} (inode {obj}): the page at offset "
+                         f"{offset!r} {why}", "deleted it (it reads as zeros)")
         for obj, count in stray.items():
             inode = self.inodes.get(obj)
             what = ("does not exist" if inode is None
@@ -685,17 +708,57 @@ class Checker:
                          f"has {_n(len(offsets), 'page')} at offsets {offsets[0]}..{offsets[-1]}",
                          "deleted them")
         for obj, offset, length in wrong:
-            data = _blob(self.sql("SELECT data FROM pages WHERE object = ? AND offset = ?",
-                                  (obj, offset))[0][0])
+            data = self.page_bytes(obj, offset) or b""
             self.store_page(obj, offset, data[:ps])
             self.problem("page size", f"{self.path(obj)} (inode {obj}): the page at offset "
                          f"{offset} holds {length} bytes, more than {ps}", "trimmed it")
         self.check_tails(tails, wrong)
 
+    def _data_size(self) -> int:
+        if self.data_file is None:
+            return 0
+        try:
+            return os.stat(self.data_file).st_size
+        except FileNotFoundError:
+            return 0
+
+    @staticmethod
+    def _bad_slot(slot: object, length: object, data_size: int,
+                  first: tuple[int, int] | None) -> str:
+        """Why a page's slot cannot be right ('' if it can)."""
+        if not isinstance(slot, int) or slot < 0:
+            return f"names slot {slot!r}, which is not a slot number"
+        if not isinstance(length, int) or not 0 < length <= SLOT:
+            return f"says it is {length!r} bytes long, not 1..{SLOT}"
+        if first is not None:
+            return f"names slot {slot}, which the page at offset {first[1]} of object " \
+                   f"{first[0]} holds"
+        if (slot + 1) * SLOT > data_size and slot * SLOT + length > data_size:
+            return f"names slot {slot}, past the end of the data file ({data_size} bytes)"
+        return ""
+
+    def page_bytes(self, obj: int, offset: int) -> bytes | None:
+        """A page's stored bytes, from its row or its slot in the data file."""
+        columns = "data, slot, length" if self.has_slots else "data, NULL, NULL"
+        rows = self.sql(f"SELECT {columns} FROM pages WHERE object = ? AND offset = ?",
+                        (obj, offset))
+        if not rows:
+            return None
+        data, slot, length = rows[0]
+        if slot is None or self.data_file is None:
+            return _blob(data)
+        with open(self.data_file, "rb") as f:
+            f.seek(slot * SLOT)
+            return f.read(length).ljust(length, b"\0")
+
     def store_page(self, obj: int, offset: int, data: bytes) -> None:
-        """Write a repaired page; a page of zeros is no row, as the pager keeps it."""
+        """Write a repaired page; a page of zeros is no row, as the pager keeps it. A
+        repaired page goes into its row (its old slot is freed at the next mount)."""
         if data.count(0) == len(data):
             self.write("DELETE FROM pages WHERE object = ? AND offset = ?", (obj, offset))
+        elif self.has_slots:
+            self.write("UPDATE pages SET data = ?, slot = NULL, length = NULL "
+                       "WHERE object = ? AND offset = ?", (data.rstrip(b"\0"), obj, offset))
         else:
             self.write("UPDATE pages SET data = ? WHERE object = ? AND offset = ?",
                        (data.rstrip(b"\0"), obj, offset))
@@ -707,11 +770,10 @@ class Checker:
         for ino in tails:
             inode = self.inodes[ino]
             last = inode.size // ps * ps
-            rows = self.sql("SELECT data FROM pages WHERE object = ? AND offset = ?",
-                            (ino, last))
-            if not rows:
+            stored = self.page_bytes(ino, last)
+            if stored is None:
                 continue
-            data = _blob(rows[0][0])
+            data = stored
             if self.repair is False and (ino, last) in fixed:
                 data = data[:ps].ljust(ps, b"\0")
             keep = inode.size - last
@@ -747,13 +809,14 @@ def fsck(store: str, *, repair: bool = False, out: TextIO | None = None,
             print(p.line(repair), file=out, flush=True)
 
     try:
-        checker = Checker(db, page_size, repair=repair, emit=emit, progress=shown)
+        checker = Checker(db, page_size, repair=repair, emit=emit, progress=shown,
+                          data_file=data_path(store))
         checker.run()
         result.problems = checker.problems
         result.pages = checker.pages
         if repair and checker.problems and checker.problems[0].kind != "integrity":
             again = Checker(db, page_size, repair=False, emit=lambda p: None,
-                            progress=Progress(None))
+                            progress=Progress(None), data_file=data_path(store))
             again.run()
             result.left = again.problems
             result.pages = again.pages

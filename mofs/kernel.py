@@ -162,6 +162,7 @@ class Kernel:
         try:
             await conn.pager.serve(conn.inbox, conn.outbox)  # type: ignore[attr-defined]
         except Exception as exc:  # a pager bug must not take the mount down
+            log.debug("pager %s raised", conn.name, exc_info=True)  # (--debug: where)
             self.pager_failed(conn, f"raised {type(exc).__name__}: {exc}")
         else:
             if conn.failure is None and not conn.inbox.closed:

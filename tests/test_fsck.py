@@ -79,7 +79,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def copy_store(base: Path, to: Path) -> Path:
     shutil.copy(base, to)
-    for suffix in ("-wal", "-shm"):
+    for suffix in ("-wal", "-shm", "-data"):
         if Path(str(base) + suffix).exists():
             shutil.copy(str(base) + suffix, str(to) + suffix)
     return to
@@ -102,7 +102,8 @@ def _orphan(db: sqlite3.Connection) -> None:
     db.execute("INSERT INTO inodes (mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns, "
                "ctime_ns) VALUES (?, 0, 0, 0, 0, 5000, 0, 0, 0)", (stat.S_IFREG | 0o644,))
     new = db.execute("SELECT last_insert_rowid()").fetchone()[0]
-    db.execute("INSERT INTO pages VALUES (?, 0, ?)", (new, b"o" * 5000 + bytes(PS - 5000)))
+    db.execute("INSERT INTO pages (object, offset, data) VALUES (?, 0, ?)",
+               (new, b"o" * 5000 + bytes(PS - 5000)))
     db.execute("INSERT INTO xattrs VALUES (?, ?, ?)", (new, b"user.x", b"y"))
 
 
@@ -111,21 +112,29 @@ def _cycle(db: sqlite3.Connection) -> None:  # d moves into its own child e
 
 
 def _past_eof(db: sqlite3.Connection) -> None:
-    db.execute("INSERT INTO pages VALUES (?, ?, ?)", (ino(db, "a"), 3 * PS, b"x" * PS))
+    db.execute("INSERT INTO pages (object, offset, data) VALUES (?, ?, ?)",
+               (ino(db, "a"), 3 * PS, b"x" * PS))
 
 
 def _misaligned(db: sqlite3.Connection) -> None:
-    db.execute("INSERT INTO pages VALUES (?, 100, ?)", (ino(db, "c"), b"m" * PS))
+    db.execute("INSERT INTO pages (object, offset, data) VALUES (?, 100, ?)",
+               (ino(db, "c"), b"m" * PS))
 
 
 def _page_size(db: sqlite3.Connection) -> None:
-    db.execute("UPDATE pages SET data = CAST(data || randomblob(1000) AS BLOB) "
-               "WHERE object = ? AND offset = 0", (ino(db, "c"),))
+    db.execute("UPDATE pages SET data = CAST(? || randomblob(1000) AS BLOB), slot = NULL, "
+               "length = NULL WHERE object = ? AND offset = 0", (C_DATA[:PS], ino(db, "c")))
 
 
 def _tail(db: sqlite3.Connection) -> None:
-    db.execute("UPDATE pages SET data = ? WHERE object = ? AND offset = 0",
+    db.execute("UPDATE pages SET data = ?, slot = NULL, length = NULL "
+               "WHERE object = ? AND offset = 0",
                (b"A" * 100 + b"junk" * 1000 + bytes(PS - 4100), ino(db, "a")))
+
+
+def _slot_shared(db: sqlite3.Connection) -> None:  # c's second page names b's first slot
+    db.execute("UPDATE pages SET slot = (SELECT slot FROM pages WHERE object = ? AND "
+               "offset = 0) WHERE object = ? AND offset = ?", (ino(db, "b"), ino(db, "c"), PS))
 
 
 CORRUPTIONS: dict[str, tuple[str, Callable[[sqlite3.Connection], None]]] = {
@@ -144,13 +153,16 @@ CORRUPTIONS: dict[str, tuple[str, Callable[[sqlite3.Connection], None]]] = {
     "directory-names": ("directory names", lambda db: db.execute(
         "INSERT INTO dentries (parent, name, ino) VALUES (1, ?, ?)", (b"d2", ino(db, "d/e")))),
     "stray-pages": ("stray pages", lambda db: db.execute(
-        "INSERT INTO pages VALUES (4242, 0, ?)", (b"s" * PS,))),
+        "INSERT INTO pages (object, offset, data) VALUES (4242, 0, ?)", (b"s" * PS,))),
     "pages-of-a-directory": ("stray pages", lambda db: db.execute(
-        "INSERT INTO pages VALUES (?, 0, ?)", (ino(db, "d"), b"s" * PS))),
+        "INSERT INTO pages (object, offset, data) VALUES (?, 0, ?)", (ino(db, "d"), b"s" * PS))),
     "past-eof": ("pages past EOF", _past_eof),
     "misaligned": ("misaligned page", _misaligned),
     "page-size": ("page size", _page_size),
     "bytes-past-eof": ("bytes past EOF", _tail),
+    "slot-shared": ("page slot", _slot_shared),
+    "slot-past-end": ("page slot", lambda db: db.execute(
+        "UPDATE pages SET slot = 1000000 WHERE object = ? AND offset = ?", (ino(db, "c"), PS))),
     "stray-xattrs": ("stray xattrs", lambda db: db.execute(
         "INSERT INTO xattrs VALUES (31337, ?, ?)", (b"user.z", b"1"))),
     "no-root": ("root", lambda db: db.execute("DELETE FROM inodes WHERE ino = 1")),
@@ -226,7 +238,8 @@ def test_repaired_store_mounts_with_sane_files(base, tmp_path, mount):
     assert (d / "e/f").read_bytes() == b"deep" and not (d / "e/d2").exists()
     assert (p / "a").read_bytes() == b"A" * 100  # no page past EOF, no bytes past EOF
     assert (d / "hard").read_bytes() == b"A" * 100 and os.stat(p / "a").st_nlink == 2
-    assert (p / "c").read_bytes() == C_DATA  # the oversized page was trimmed
+    # the oversized page was trimmed; the page naming a wrong slot is gone (zeros)
+    assert (p / "c").read_bytes() == C_DATA[:PS] + bytes(PS)
     assert os.getxattr(p / "c", "user.colour") == b"blue"
     assert os.readlink(p / "link") == "a"
     sparse = lost / f"#{_INOS['sparse']}"  # it was named inside the file a
@@ -338,7 +351,7 @@ def _many_pages(tmp_path: Path, count: int) -> Path:
                    "ctime_ns) VALUES (?, 1, 0, 0, 0, ?, 0, 0, 0)",
                    (stat.S_IFREG | 0o644, count * 4096))
         db.execute("INSERT INTO dentries (parent, name, ino) VALUES (1, ?, 2)", (b"big",))
-        db.executemany("INSERT INTO pages VALUES (2, ?, ?)",
+        db.executemany("INSERT INTO pages (object, offset, data) VALUES (2, ?, ?)",
                        ((i * 4096, b"p" * 4096) for i in range(count)))
     db.close()
     return store
