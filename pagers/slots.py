@@ -147,14 +147,19 @@ class SlotFile:
         self._punched = []
 
     def durable(self) -> None:
-        """Every commit so far is durable: punch out the slots they released."""
+        """Every commit so far is durable: punch out the slots they released (a run of
+        neighbouring slots in one call: deleting a big file releases thousands)."""
         if self._fd is None or not self._pending:
             return
-        pending, self._pending = self._pending, []
-        for slot in pending:
-            if not punch_hole(self._fd, slot * SLOT, SLOT):
-                os.pwrite(self._fd, bytes(SLOT), slot * SLOT)
-                self._unsynced = True
+        pending, self._pending = sorted(self._pending), []
+        start = 0
+        for i in range(1, len(pending) + 1):
+            if i == len(pending) or pending[i] != pending[i - 1] + 1:
+                offset, length = pending[start] * SLOT, (i - start) * SLOT
+                if not punch_hole(self._fd, offset, length):
+                    os.pwrite(self._fd, bytes(length), offset)
+                    self._unsynced = True
+                start = i
         self._punched.extend(pending)
 
     def close(self) -> None:

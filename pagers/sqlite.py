@@ -49,6 +49,11 @@ _SLOT_COLUMNS = ("ALTER TABLE pages ADD COLUMN slot INTEGER",
 INLINE_MAX = 16 << 10
 """Pages up to this long (without trailing zeros) keep their bytes in their row."""
 
+SLOTS_AFTER = 4
+"""The first pages of a transaction keep their bytes in their row whatever their length:
+a commit with few pages (an fsync after a small write) then costs one fsync, of the WAL,
+where a slot would add an fdatasync of the data file. Bulk writes go to slots."""
+
 # Up to this many released slots wait for a durable commit before the pager makes one
 # of its own (a file rewritten over and over without fsync would otherwise only grow).
 MAX_WAITING_SLOTS = 4096
@@ -77,6 +82,7 @@ class SQLitePager(Pager):
         self._owned = False
         self._fsync: Callable[[], None] = lambda: fsync_wal(self.path)
         self._writers: set[ObjectId] = set()  # objects written in the open transaction
+        self._batch = 0  # pages written in the open transaction
         self._unsynced = False  # committed since the last fsync
         self._zeros: dict[int, bytes] = {}
         # a temporary database (memory: with no swap file) gets a temporary data file
@@ -115,6 +121,7 @@ class SQLitePager(Pager):
             self._data()  # its slots are counted from the rows as they were committed
             self._slots.rolled_back()  # (if SQLite rolled the last one back by itself)
             self._sql("BEGIN")
+            self._batch = 0
         self._writers.add(obj)
 
     def _write(self, obj: ObjectId, sql: str, params: tuple) -> None:
@@ -185,10 +192,10 @@ class SQLitePager(Pager):
         stored = bytes(data).rstrip(b"\0")
         old = self._sql("SELECT slot FROM pages WHERE object = ? AND offset = ? "
                         "AND slot IS NOT NULL", (obj, offset))
-        if INLINE_MAX < len(stored) <= SLOT:
-            slots = self._data()
-            self._begin(obj)  # first: the slot belongs to this transaction
-            slot = slots.write(stored)
+        self._begin(obj)
+        self._batch += 1
+        if INLINE_MAX < len(stored) <= SLOT and self._batch > SLOTS_AFTER:
+            slot = self._slots.write(stored)  # in the transaction begun above
             self._write(obj, "INSERT OR REPLACE INTO pages (object, offset, data, slot, length) "
                         "VALUES (?, ?, x'', ?, ?)", (obj, offset, slot, len(stored)))
         else:

@@ -132,9 +132,15 @@ def _tail(db: sqlite3.Connection) -> None:
                (b"A" * 100 + b"junk" * 1000 + bytes(PS - 4100), ino(db, "a")))
 
 
-def _slot_shared(db: sqlite3.Connection) -> None:  # c's second page names b's first slot
-    db.execute("UPDATE pages SET slot = (SELECT slot FROM pages WHERE object = ? AND "
-               "offset = 0) WHERE object = ? AND offset = ?", (ino(db, "b"), ino(db, "c"), PS))
+def _slot_shared(db: sqlite3.Connection) -> None:
+    """b's first page moves to slot 0 of the data file, and c's second page names it too."""
+    store = db.execute("PRAGMA database_list").fetchone()[2]
+    with open(store + "-data", "r+b" if os.path.exists(store + "-data") else "wb") as f:
+        f.write(B_DATA[:PS])  # slot 0
+    db.execute("UPDATE pages SET data = x'', slot = 0, length = ? WHERE object = ? AND "
+               "offset = 0", (PS, ino(db, "b")))
+    db.execute("UPDATE pages SET slot = 0, length = ? WHERE object = ? AND offset = ?",
+               (PS, ino(db, "c"), PS))
 
 
 CORRUPTIONS: dict[str, tuple[str, Callable[[sqlite3.Connection], None]]] = {

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from test_pagers import OBJ, running
 
+import pagers.sqlite as sqlite_pager
 from mofs.messages import (
     VM_PROT_READ,
     VM_SYNC_SYNCHRONOUS,
@@ -92,7 +93,8 @@ def rows(db: Path) -> list[tuple[int, int, int, object, object]]:
                          "ORDER BY 1, 2").fetchall()
 
 
-async def test_long_pages_go_to_slots_and_short_ones_stay_in_rows(tmp_path):
+async def test_long_pages_go_to_slots_and_short_ones_stay_in_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_pager, "SLOTS_AFTER", 0)  # every long page to a slot
     db = tmp_path / "store.db"
     long_page, short = os.urandom(PS), b"s" * INLINE_MAX + bytes(PS - INLINE_MAX)
     async with running(SQLitePager(str(db))) as kernel:
@@ -112,7 +114,8 @@ async def test_long_pages_go_to_slots_and_short_ones_stay_in_rows(tmp_path):
             DataSupply(OBJ, 0, new + short), DataUnavailable(OBJ, 2 * PS, PS)]
 
 
-async def test_a_store_from_before_slots_gets_them_and_keeps_its_pages(tmp_path):
+async def test_a_store_from_before_slots_gets_them_and_keeps_its_pages(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_pager, "SLOTS_AFTER", 0)  # every long page to a slot
     db = tmp_path / "store.db"
     with closing(sqlite3.connect(db)) as c:
         c.execute("CREATE TABLE pages (object INTEGER NOT NULL, offset INTEGER NOT NULL, "
@@ -130,9 +133,11 @@ async def test_a_store_from_before_slots_gets_them_and_keeps_its_pages(tmp_path)
     assert rows(db) == [(OBJ, 0, 60000, None, None), (OBJ, PS, 0, 0, PS)]
 
 
-async def test_slots_freed_by_the_first_change_after_a_restart_wait_like_any_other(tmp_path):
+async def test_slots_freed_by_the_first_change_after_a_restart_wait_like_any_other(
+        tmp_path, monkeypatch):
     """The data file is opened before the first change: a slot released by it is not
     counted free at once (and later a second time): that named one slot twice."""
+    monkeypatch.setattr(sqlite_pager, "SLOTS_AFTER", 0)  # every long page to a slot
     db, other = tmp_path / "store.db", OBJ + 1
     async with running(SQLitePager(str(db))) as kernel:
         await kernel.ask(Init(OBJ, PS))
@@ -153,3 +158,20 @@ async def test_slots_freed_by_the_first_change_after_a_restart_wait_like_any_oth
         await kernel.ask(Synchronize(other, 0, 9 * PS, VM_SYNC_SYNCHRONOUS))
     named = [r[3] for r in rows(db)]
     assert sorted(named) == [0, 1, 2, 3, 4, 5, 6, 7, 8], "each slot named once"
+
+
+async def test_a_commit_of_few_pages_keeps_them_in_rows_and_a_bulk_one_uses_slots(tmp_path):
+    """An fsync after a small write costs one fsync (the WAL), not two."""
+    db = tmp_path / "store.db"
+    async with running(SQLitePager(str(db))) as kernel:
+        await kernel.ask(Init(OBJ, PS))
+        kernel.inbox.send(DataReturn(OBJ, 0, os.urandom(PS), dirty=True, kernel_copy=False))
+        await kernel.ask(Synchronize(OBJ, 0, PS, VM_SYNC_SYNCHRONOUS))
+        assert rows(db) == [(OBJ, 0, PS, None, None)]
+        bulk = os.urandom(8 * PS)
+        kernel.inbox.send(DataReturn(OBJ, PS, bulk, dirty=True, kernel_copy=False))
+        await kernel.ask(Synchronize(OBJ, 0, 9 * PS, VM_SYNC_SYNCHRONOUS))
+        in_slots = [r for r in rows(db) if r[3] is not None]
+        assert len(in_slots) == 8 - sqlite_pager.SLOTS_AFTER
+        assert await kernel.ask(DataRequest(OBJ, PS, 8 * PS, VM_PROT_READ)) == [
+            DataSupply(OBJ, PS, bulk)]
