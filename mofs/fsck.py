@@ -654,6 +654,14 @@ class Checker:
         bad_slots: list[tuple[int, int, str]] = []
         named: dict[int, tuple[int, int]] = {}  # slot -> the first page naming it
         data_size = self._data_size()
+        missing = self.has_slots and self.data_file is not None \
+            and not os.path.exists(self.data_file)
+        if missing:
+            named_slots = self.sql("SELECT count(*) FROM pages WHERE slot IS NOT NULL")[0][0]
+            missing = bool(named_slots)
+        if missing:  # not a page's fault: nothing to delete, the file must come back
+            self.problem("data file", f"{self.data_file} is missing, but {named_slots} pages "
+                         "are in it; put it back beside the store (copy the two together)")
         n = 0
         columns = "coalesce(length, length(data)), slot" if self.has_slots \
             else "length(data), NULL"
@@ -664,7 +672,7 @@ class Checker:
             inode = self.inodes.get(obj)
             if obj in self.deleted:
                 continue
-            if slot is not None:
+            if slot is not None and not missing:
                 why = self._bad_slot(slot, length, data_size, named.get(slot))
                 if why:
                     bad_slots.append((obj, offset, why))
@@ -745,8 +753,10 @@ class Checker:
         if not rows:
             return None
         data, slot, length = rows[0]
-        if slot is None or self.data_file is None:
+        if slot is None:
             return _blob(data)
+        if self.data_file is None or not os.path.exists(self.data_file):
+            return None  # reported once as a missing data file
         with open(self.data_file, "rb") as f:
             f.seek(slot * SLOT)
             return f.read(length).ljust(length, b"\0")

@@ -21,7 +21,7 @@ import trio
 from pagers import SQLitePager, open_pager
 
 from .control import Broadcast, ControlServer
-from .errors import UserError
+from .errors import StoreError, UserError
 from .fs import Operations, syncfs
 from .fsck import quick_check
 from .journal import ReturnJournal
@@ -116,6 +116,10 @@ def serve(config: MountConfig, on_ready: Callable[[str], None]) -> None:
         os.chmod(store, 0o600)  # file contents live in it: the owner's alone
     if isinstance(pager, SQLitePager) and _same_file(pager.path, store):
         pager.share(ns.connection, ns.sync_wal)  # the default: pages and metadata in one database
+        missing = pager.missing_data_file()
+        if missing:
+            ns.close()
+            raise StoreError(missing)
     if config.cache_size < MIN_CACHE_PAGES * ns.page_size:  # the store's page size rules
         ns.close()
         raise UserError(f"--cache-size must hold at least {MIN_CACHE_PAGES} pages of this "

@@ -85,6 +85,10 @@ class SlotFile:
     def is_open(self) -> bool:
         return self._fd is not None
 
+    def exists(self) -> bool:
+        """Whether the file is there (a temporary one always is)."""
+        return self._temporary or os.path.exists(self.path)
+
     def write(self, data: bytes) -> int:
         """Put ``data`` (at most ``SLOT`` bytes) into a slot of its own; return the slot."""
         assert self._fd is not None and len(data) <= SLOT

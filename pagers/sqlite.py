@@ -133,8 +133,21 @@ class SQLitePager(Pager):
         transaction of ours (a row deleted by an open one still holds its slot)."""
         if not self._slots.is_open:
             used = [r[0] for r in self._sql("SELECT slot FROM pages WHERE slot IS NOT NULL")]
+            if used and not self._slots.exists():  # never made anew: its pages would be zeros
+                raise OSError(errno.ENOENT, self.missing_data_file())
             self._slots.open(used)
         return self._slots
+
+    def missing_data_file(self) -> str | None:
+        """Why the store cannot be used, if pages name slots of a data file that is not
+        there (a store copied without it): a one-line message, else ``None``."""
+        if self._slots.exists():
+            return None
+        rows = self._sql("SELECT count(*) FROM pages WHERE slot IS NOT NULL")
+        if not rows[0][0]:
+            return None
+        return (f"{self._slots.path} is missing, but {rows[0][0]} pages of {self.path} are "
+                "in it; put it back beside the store (copy the two together)")
 
     def _release(self, obj: ObjectId, where: str, params: tuple) -> None:
         """Delete the rows of ``obj`` that match ``where``; their slots are released."""

@@ -410,3 +410,28 @@ def test_quick_check_on_mount_warns_about_dangling_names_and_mounts(base, tmp_pa
     done = fsck(store)  # the mount freed the orphan; the dangling name is still there
     assert done.returncode == 1
     assert [line.split(":")[0] for line in done.stdout.splitlines()[:-1]] == ["dangling entry"]
+
+
+def test_a_store_without_its_data_file_is_refused_and_not_repaired_away(tmp_path, mount):
+    """A store copied without STORE-data: the mount says so in one line, fsck names the
+    missing file and deletes no page, and with the file back all is as it was."""
+    m = mount(store=tmp_path / "s.mofs")
+    data = os.urandom(2 << 20)  # written back in bulk: its pages go to slots
+    (m.path / "big").write_bytes(data)
+    m.umount()
+    data_file = tmp_path / "s.mofs-data"
+    aside = tmp_path / "aside"
+    data_file.rename(aside)
+    refused = mofs("mount", str(tmp_path / "s.mofs"), str(m.path), check=False, timeout=60)
+    one_line_error(refused, 3, "s.mofs-data is missing", "put it back")
+    found = fsck(tmp_path / "s.mofs")
+    no_traceback(found)
+    assert found.returncode == 1
+    assert found.stdout.startswith("data file: ") and "s.mofs-data is missing" in found.stdout
+    repaired = fsck(tmp_path / "s.mofs", "--repair")
+    no_traceback(repaired)
+    assert repaired.returncode != 0 and "not repaired" in repaired.stdout
+    aside.rename(data_file)
+    assert fsck(tmp_path / "s.mofs").returncode == 0
+    m = mount(store=tmp_path / "s.mofs")
+    assert (m.path / "big").read_bytes() == data
