@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from pagers.slots import SLOT
-from pagers.sqlite import data_path
+from pagers.sqlite import data_path, missing_data_file
 
 from .errors import StoreError, UserError
 from .namespace import ROOT_INODE, _check_existing, _uri
@@ -288,9 +288,10 @@ class Checker:
 
     def __init__(self, db: sqlite3.Connection, page_size: int, *, repair: bool,
                  emit: Callable[[Problem], None], progress: Progress,
-                 data_file: str | None = None) -> None:
+                 store: str | None = None) -> None:
         self.db = db
-        self.data_file = data_file  # the slots of pages too long for a row
+        self.store = store
+        self.data_file = data_path(store) if store else None  # slots of long pages
         self.has_slots = False
         self.page_size = page_size
         self.repair = repair
@@ -654,14 +655,10 @@ class Checker:
         bad_slots: list[tuple[int, int, str]] = []
         named: dict[int, tuple[int, int]] = {}  # slot -> the first page naming it
         data_size = self._data_size()
-        missing = self.has_slots and self.data_file is not None \
-            and not os.path.exists(self.data_file)
-        if missing:
-            named_slots = self.sql("SELECT count(*) FROM pages WHERE slot IS NOT NULL")[0][0]
-            missing = bool(named_slots)
+        missing = missing_data_file(self.db, self.store) if self.has_slots and self.store \
+            else None
         if missing:  # not a page's fault: nothing to delete, the file must come back
-            self.problem("data file", f"{self.data_file} is missing, but {named_slots} pages "
-                         "are in it; put it back beside the store (copy the two together)")
+            self.problem("data file", missing)
         n = 0
         columns = "coalesce(length, length(data)), slot" if self.has_slots \
             else "length(data), NULL"
@@ -741,7 +738,7 @@ class Checker:
         if first is not None:
             return f"names slot {slot}, which the page at offset {first[1]} of object " \
                    f"{first[0]} holds"
-        if (slot + 1) * SLOT > data_size and slot * SLOT + length > data_size:
+        if slot * SLOT + length > data_size:  # (the last slot may end short)
             return f"names slot {slot}, past the end of the data file ({data_size} bytes)"
         return ""
 
@@ -780,10 +777,9 @@ class Checker:
         for ino in tails:
             inode = self.inodes[ino]
             last = inode.size // ps * ps
-            stored = self.page_bytes(ino, last)
-            if stored is None:
+            data = self.page_bytes(ino, last)
+            if data is None:
                 continue
-            data = stored
             if self.repair is False and (ino, last) in fixed:
                 data = data[:ps].ljust(ps, b"\0")
             keep = inode.size - last
@@ -820,13 +816,13 @@ def fsck(store: str, *, repair: bool = False, out: TextIO | None = None,
 
     try:
         checker = Checker(db, page_size, repair=repair, emit=emit, progress=shown,
-                          data_file=data_path(store))
+                          store=store)
         checker.run()
         result.problems = checker.problems
         result.pages = checker.pages
         if repair and checker.problems and checker.problems[0].kind != "integrity":
             again = Checker(db, page_size, repair=False, emit=lambda p: None,
-                            progress=Progress(None), data_file=data_path(store))
+                            progress=Progress(None), store=store)
             again.run()
             result.left = again.problems
             result.pages = again.pages

@@ -59,16 +59,15 @@ class LinuxNotices:
         self._send.send_nowait((notify, then, None))
 
     def store(self, obj_id: ObjectId, offset: int, data: bytes,
-              cache: LinuxPageCache) -> bool:
+              cache: LinuxPageCache) -> None:
         """Queue a speculative store of ``data`` at ``offset``, unless a handle of the
-        file is open for writing. Returns whether it was queued."""
+        file is open for writing."""
         if self._writers[obj_id] or not data:
-            return False
+            return
         self.pending += 1
         self.stores += 1
         self._stores[obj_id] += 1
         self._send.send_nowait((lambda: cache.store(obj_id, offset, data), None, obj_id))
-        return True
 
     def writer_opened(self, obj_id: ObjectId) -> None:
         """A handle open for writing: no store is queued for the file until it closes.

@@ -313,7 +313,6 @@ class Namespace:
         finally:
             self._depth = 0
 
-
     def _bump(self, ino: int, nlink: int = 0, mtime: int | None = None,
               ctime: int | None = None) -> None:
         self._sql("UPDATE inodes SET nlink = nlink + ?, mtime_ns = coalesce(?, mtime_ns), "

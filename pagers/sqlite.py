@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
 
@@ -143,19 +144,19 @@ class SQLitePager(Pager):
         there (a store copied without it): a one-line message, else ``None``."""
         if self._slots.exists():
             return None
-        rows = self._sql("SELECT count(*) FROM pages WHERE slot IS NOT NULL")
-        if not rows[0][0]:
-            return None
-        return (f"{self._slots.path} is missing, but {rows[0][0]} pages of {self.path} are "
-                "in it; put it back beside the store (copy the two together)")
+        self._sql("SELECT 1")  # our connection is open (or the shared one)
+        assert self._db is not None
+        try:
+            return missing_data_file(self._db, self.path)
+        except sqlite3.Error as exc:
+            raise _oserror(exc) from exc
 
     def _release(self, obj: ObjectId, where: str, params: tuple) -> None:
         """Delete the rows of ``obj`` that match ``where``; their slots are released."""
-        slots = self._sql(f"SELECT slot FROM pages WHERE object = ? AND {where} "
-                          "AND slot IS NOT NULL", (obj, *params))
-        self._write(obj, f"DELETE FROM pages WHERE object = ? AND {where}", (obj, *params))
-        if slots:
-            self._data().release(r[0] for r in slots)
+        self._begin(obj)
+        rows = self._sql(f"DELETE FROM pages WHERE object = ? AND {where} RETURNING slot",
+                         (obj, *params))
+        self._slots.release(r[0] for r in rows if r[0] is not None)
 
     def _commit(self) -> int:
         """Commit the open transaction; on failure latch the errno for its writers."""
@@ -203,19 +204,21 @@ class SQLitePager(Pager):
             return
         # trailing zeros are not stored (the kit pads short pages): small files stay small
         stored = bytes(data).rstrip(b"\0")
+        # (a SELECT and a replace: 10-20 % faster per page than DELETE ... RETURNING and
+        # an INSERT)
         old = self._sql("SELECT slot FROM pages WHERE object = ? AND offset = ? "
                         "AND slot IS NOT NULL", (obj, offset))
         self._begin(obj)
         self._batch += 1
         if INLINE_MAX < len(stored) <= SLOT and self._batch > SLOTS_AFTER:
-            slot = self._slots.write(stored)  # in the transaction begun above
             self._write(obj, "INSERT OR REPLACE INTO pages (object, offset, data, slot, length) "
-                        "VALUES (?, ?, x'', ?, ?)", (obj, offset, slot, len(stored)))
+                        "VALUES (?, ?, x'', ?, ?)",
+                        (obj, offset, self._slots.write(stored), len(stored)))
         else:
             self._write(obj, "INSERT OR REPLACE INTO pages (object, offset, data, slot, length) "
                         "VALUES (?, ?, ?, NULL, NULL)", (obj, offset, stored))
         if old:
-            self._data().release([old[0][0]])
+            self._slots.release([old[0][0]])
 
     async def set_size(self, obj: ObjectId, size: int) -> None:
         """Delete the rows past ``size`` and zero the tail of a partial last page."""
@@ -264,6 +267,19 @@ class SQLitePager(Pager):
         self._db = None
         if err:
             log.error("%s: final commit failed, errno %d: returned pages lost", self.path, err)
+
+
+def missing_data_file(db: sqlite3.Connection, database: str) -> str | None:
+    """If pages of the store ``database`` name slots of a data file that is not there (a
+    store copied without it), the one-line message that says so; else ``None``."""
+    path = data_path(database)
+    if os.path.exists(path):
+        return None
+    count = db.execute("SELECT count(*) FROM pages WHERE slot IS NOT NULL").fetchone()[0]
+    if not count:
+        return None
+    return (f"{path} is missing, but {count} pages of {database} are in it; put it back "
+            "beside the store (copy the two together)")
 
 
 def _create(db: sqlite3.Connection) -> None:
